@@ -1,0 +1,64 @@
+# jaxdistill — the two set-up commands are `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+VENV_LATEST := .venv-latest
+export JAXDISTILL_DATA_DIR ?= $(CURDIR)/data
+export TF_CPP_MIN_LOG_LEVEL ?= 3
+export PYTHONUNBUFFERED := 1
+FMNIST_RAW := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+RUN_DIR ?= runs/main-$(shell date +%Y%m%d-%H%M%S)
+PYTEST_ARGS ?=
+
+.PHONY: install data run test test-latest bench lock clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements/lock.txt setup.cfg pyproject.toml
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements/lock.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+$(FMNIST_RAW):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+# Prepare Fashion-MNIST as a real TFDS dataset from Debian's original IDX files (offline).
+data: $(JAXDISTILL_DATA_DIR)/.fashion_mnist_prepared
+
+$(JAXDISTILL_DATA_DIR)/.fashion_mnist_prepared: $(FMNIST_RAW) | $(VENV)/.installed
+	$(PY) -m jaxdistill.data.prepare fashion_mnist --data-dir $(JAXDISTILL_DATA_DIR)
+	touch $@
+
+# The main job: distill Fashion-MNIST (DM, IPC 10, reduced CPU protocol) and evaluate it next to a random subset.
+run: install data
+	$(PY) -m experiments.main --out $(RUN_DIR)
+
+test: install data
+	set -o pipefail; $(PY) -m pytest -q -rs $(PYTEST_ARGS) tests
+
+$(VENV_LATEST)/.installed: requirements/latest.txt setup.cfg
+	[ -x $(VENV_LATEST)/bin/python ] || $(PYTHON) -m venv $(VENV_LATEST)
+	$(VENV_LATEST)/bin/python -m pip install -q --upgrade pip
+	$(VENV_LATEST)/bin/python -m pip install -q --upgrade -r requirements/latest.txt
+	$(VENV_LATEST)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+# The same suite on the newest jax/flax/optax/chex (no neural-tangents: its tests skip with the reason).
+test-latest: $(VENV_LATEST)/.installed data
+	$(VENV_LATEST)/bin/python -c "import jax; print('jax', jax.__version__)"
+	set -o pipefail; $(VENV_LATEST)/bin/python -m pytest -q -rs -m "not slow" $(PYTEST_ARGS) tests
+
+bench: install data
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
+
+lock:
+	$(PY) -m pip freeze --exclude-editable | grep -v -i '^jaxdistill' > requirements/lock.txt.new
+	mv requirements/lock.txt.new requirements/lock.txt
+
+clean:
+	rm -rf $(VENV) $(VENV_LATEST) *.egg-info

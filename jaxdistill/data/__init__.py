@@ -1,0 +1,13 @@
+"""Data: TFDS loading (Fashion-MNIST offline), normalisation, ZCA, class-indexed sampling."""
+from jaxdistill.data.datasets import default_data_dir, load, load_uint8
+from jaxdistill.data.normalise import denormalise, normalise
+from jaxdistill.data.sampling import (ClassIndex, check_ipc, class_index, random_subset,
+                                      sample_balanced, sample_class)
+from jaxdistill.data.specs import DATASETS, DatasetSpec, get_spec
+from jaxdistill.data.zca import ZCA, fit_zca
+
+__all__ = [
+    "ClassIndex", "DATASETS", "DatasetSpec", "ZCA", "check_ipc", "class_index", "default_data_dir",
+    "denormalise", "fit_zca", "get_spec", "load", "load_uint8", "normalise", "random_subset",
+    "sample_balanced", "sample_class",
+]
