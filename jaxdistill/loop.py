@@ -1,0 +1,276 @@
+"""The one generic distillation loop (ARCHITECTURE.md): every method is a (parameterisation, objective) pair.
+
+One jitted step: sample a class-balanced real batch (:func:`jaxdistill.data.sample_balanced`), render the
+synthetic set, ``jax.value_and_grad`` of the objective w.r.t. the learnable parameters, an optax update
+(SGD momentum 0.5 by default, as in DC/DSA/DM), then the objective's ``update`` hook (DC's inner network
+training). Around it, on the host: the loss log, evaluation every ``eval_every`` iterations, checkpoints
+(``.npz`` via :mod:`jaxdistill.io`, no pickle) and a progress bar.
+
+Randomness: the key of iteration ``t`` is ``fold_in(key, t)``, so a run resumed from a checkpoint at
+iteration ``t`` with the same ``key`` continues bit-for-bit like the uninterrupted run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxdistill import io
+from jaxdistill.data.sampling import check_ipc, class_index, sample_balanced
+from jaxdistill.objectives.base import Objective, RealBatch
+from jaxdistill.progress import progress_bar
+from jaxdistill.synthetic.base import Parameterisation, SynState
+
+OPTIMIZERS = ("sgd", "adam")
+CHECKPOINT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+  """Outer-loop settings.
+
+  Attributes:
+    iterations: image updates (DC/DSA 1000, DM 20 000).
+    real_per_class: real images per class per iteration (256 in DC/DSA/DM).
+    lr_img: image learning rate (DC/DSA 0.1, DM 1.0).
+    optimizer: ``"sgd"`` (with ``momentum``, 0.5 in the papers) or ``"adam"``.
+    eval_every: evaluate every this many iterations (0: only when the caller evaluates at the end).
+    checkpoint_every: write the checkpoint every this many iterations (0: only at the end).
+  """
+  iterations: int = 1000
+  real_per_class: int = 256
+  lr_img: float = 0.1
+  optimizer: str = "sgd"
+  momentum: float = 0.5
+  eval_every: int = 0
+  checkpoint_every: int = 0
+
+  def validate(self):
+    if self.optimizer not in OPTIMIZERS:
+      raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}.")
+    for name in ("iterations", "real_per_class"):
+      v = getattr(self, name)
+      if not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {v!r}.")
+    for name in ("eval_every", "checkpoint_every"):
+      v = getattr(self, name)
+      if not isinstance(v, (int, np.integer)) or v < 0:
+        raise ValueError(f"{name} must be an integer >= 0 (0 = off), got {v!r}.")
+    if not (isinstance(self.lr_img, (int, float)) and self.lr_img > 0):
+      raise ValueError(f"lr_img must be a number > 0, got {self.lr_img!r}.")
+    if not 0.0 <= self.momentum < 1.0:
+      raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}.")
+    return self
+
+
+def make_optimizer(config: LoopConfig) -> optax.GradientTransformation:
+  """The image optimiser: ``optax.sgd(lr_img, momentum)`` (PyTorch-style momentum) or ``optax.adam``."""
+  if config.optimizer == "sgd":
+    return optax.sgd(config.lr_img, momentum=config.momentum or None)
+  return optax.adam(config.lr_img)
+
+
+class LoopState(NamedTuple):
+  """Everything that changes during distillation: the synthetic state, the image optimiser's state, the
+  objective's state and the iteration counter (int32 scalar)."""
+  syn: SynState
+  opt_state: Any
+  obj_state: Any
+  step: jnp.ndarray
+
+
+class DistillResult(NamedTuple):
+  """Outcome of :func:`distill`: final state, ``losses [iterations]`` (float), evaluations
+  ``[(iteration, EvalResult)]``, steady-state seconds per iteration (compile and evaluation excluded) and
+  the iteration the run started from (> 0 after a resume)."""
+  state: LoopState
+  losses: np.ndarray
+  evals: List[Any]
+  seconds_per_iteration: float
+  start_iteration: int
+
+
+def init_state(objective: Objective, syn: SynState, key, config: LoopConfig) -> LoopState:
+  """The loop state at iteration 0; ``key`` initialises the objective (``fold_in(key, -1)`` is not used by
+  steps, which use ``fold_in(key, t)``)."""
+  tx = make_optimizer(config.validate())
+  obj_state = objective.init(jax.random.fold_in(jax.random.fold_in(key, 2 ** 31 - 1), 0))
+  return LoopState(syn, tx.init(syn.params), obj_state, jnp.zeros((), jnp.int32))
+
+
+def make_step(objective: Objective, param: Parameterisation, config: LoopConfig, index, num_classes: int):
+  """The jitted step ``(state, key, real_x) -> (state, loss)``.
+
+  ``real_x [N, H, W, C]`` is passed as an argument (not baked into the program); ``index`` is the
+  :class:`~jaxdistill.data.ClassIndex` of the real labels.
+  """
+  tx = make_optimizer(config)
+  n = int(config.real_per_class)
+
+  def step(state: LoopState, key, real_x, index):
+    k = jax.random.fold_in(key, state.step)
+    k_real, k_loss, k_upd = jax.random.split(k, 3)
+    pos = sample_balanced(k_real, index, n)  # [C, n]
+    real = RealBatch(real_x[pos], jnp.broadcast_to(jnp.arange(num_classes, dtype=jnp.int32)[:, None],
+                                                   pos.shape))
+
+    def loss_fn(params):
+      syn = param.render(state.syn._replace(params=params))
+      return objective.loss(state.obj_state, syn, real, k_loss)
+
+    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.syn.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.syn.params)
+    syn = state.syn._replace(params=optax.apply_updates(state.syn.params, updates))
+    obj_state = state.obj_state
+    if objective.update is not None:
+      obj_state = objective.update(obj_state, param.render(syn), k_upd)
+    return LoopState(syn, opt_state, obj_state, state.step + 1), loss
+
+  jitted = jax.jit(step)
+  return lambda state, key, real_x: jitted(state, key, real_x, index)
+
+
+def _key_data(key) -> np.ndarray:
+  try:
+    return np.asarray(jax.random.key_data(key))
+  except (TypeError, ValueError):
+    return np.asarray(key)
+
+
+def save_checkpoint(path: str, state: LoopState, key, losses, metadata: Optional[Dict] = None) -> str:
+  """Writes the loop state (flattened pytree leaves ``leaf_00000`` …), the key and the loss history to an
+  ``.npz`` (no pickle). Returns ``path``."""
+  leaves = jax.tree_util.tree_leaves(state)
+  arrays = {f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)}
+  arrays["key"] = _key_data(key)
+  arrays["losses"] = np.asarray(losses, np.float32)
+  meta = {"checkpoint_version": CHECKPOINT_VERSION, "num_leaves": len(leaves),
+          "step": int(np.asarray(state.step)), **(metadata or {})}
+  return io.save_npz(path, arrays, meta)
+
+
+def load_checkpoint(path: str, template: LoopState, key):
+  """Restores a :class:`LoopState` saved by :func:`save_checkpoint` into the structure of ``template``.
+
+  Returns:
+    ``(state, losses, metadata)``.
+
+  Raises:
+    ValueError: the file's leaves do not match ``template`` (another method/config) or it was written with
+      a different key.
+  """
+  arrays, meta = io.load_npz(path)
+  leaves, treedef = jax.tree_util.tree_flatten(template)
+  if meta.get("num_leaves") != len(leaves):
+    raise ValueError(f"checkpoint {path!r} has {meta.get('num_leaves')} arrays, the current configuration "
+                     f"needs {len(leaves)}; was it written by another method or configuration?")
+  if not np.array_equal(arrays["key"], _key_data(key)):
+    raise ValueError(f"checkpoint {path!r} was written with a different key (seed); resume with the same "
+                     "seed.")
+  new = []
+  for i, ref in enumerate(leaves):
+    a = arrays[f"leaf_{i:05d}"]
+    ref = np.asarray(ref)
+    if a.shape != ref.shape or a.dtype != ref.dtype:
+      raise ValueError(f"checkpoint {path!r}: array {i} is {a.dtype}{list(a.shape)}, expected "
+                       f"{ref.dtype}{list(ref.shape)}.")
+    new.append(jnp.asarray(a))
+  return jax.tree_util.tree_unflatten(treedef, new), arrays["losses"].tolist(), meta
+
+
+def make_evaluator(test_images, test_labels, num_classes: int, arch: str = "convnet", num_models: int = 5,
+                   epochs: int = 1000, dsa=None, model_kwargs=None, progress: bool = False) -> Callable:
+  """``evaluator(batch: SyntheticBatch, key) -> EvalResult`` with :func:`jaxdistill.evaluate.evaluate`."""
+  from jaxdistill.evaluate import evaluate
+
+  def evaluator(batch, key):
+    return evaluate(np.asarray(batch.images), np.asarray(batch.labels), arch, key, num_models, epochs,
+                    test_images=test_images, test_labels=test_labels, num_classes=num_classes, dsa=dsa,
+                    lr=None if batch.lr is None else float(batch.lr), model_kwargs=model_kwargs,
+                    progress=progress)
+  return evaluator
+
+
+def distill(objective: Objective, param: Parameterisation, syn: SynState, real_images, real_labels,
+            num_classes: int, key, config: LoopConfig, *, evaluator: Optional[Callable] = None,
+            checkpoint_path: Optional[str] = None, resume: bool = False, progress: bool = True,
+            log: Optional[Callable[[int, float], None]] = None) -> DistillResult:
+  """Runs ``config.iterations`` image updates of ``syn`` under ``objective``.
+
+  Args:
+    objective: the loss (and update hook) — see :mod:`jaxdistill.objectives`.
+    param: the parameterisation (``render``).
+    syn: initial synthetic state (``param``'s ``init``).
+    real_images: ``[N, H, W, C]`` normalised training images; real_labels: int ``[N]``.
+    key: PRNG key; iteration ``t`` uses ``fold_in(key, t)``.
+    evaluator: ``(SyntheticBatch, key) -> EvalResult``, called every ``config.eval_every`` iterations.
+    checkpoint_path: where to write the checkpoint (every ``checkpoint_every`` iterations and at the end).
+    resume: continue from ``checkpoint_path`` if it exists (same key and configuration required).
+    log: optional ``log(iteration, loss)`` callback, called whenever losses are fetched.
+
+  Returns:
+    A :class:`DistillResult`.
+  """
+  config.validate()
+  real_labels = np.asarray(real_labels)
+  index = class_index(real_labels, num_classes)
+  check_ipc(index, config.real_per_class, "real_per_class")
+  real_x = jnp.asarray(real_images, jnp.float32)
+  state = init_state(objective, syn, key, config)
+  losses: List[float] = []
+  if resume and checkpoint_path and os.path.exists(checkpoint_path):
+    state, losses, _ = load_checkpoint(checkpoint_path, state, key)
+    losses = losses[:int(state.step)]
+  start = int(state.step)
+  step = make_step(objective, param, config, index, num_classes)
+  eval_key = jax.random.fold_in(key, 2 ** 31 - 2)
+  evals = []
+  pending = []
+  timed, timed_seconds = 0, 0.0
+
+  def flush():
+    vals = np.asarray(jax.device_get(jnp.stack(pending))) if pending else []
+    for v in vals:
+      losses.append(float(v))
+      if log is not None:
+        log(len(losses), float(v))
+    pending.clear()
+    if len(vals) and not np.isfinite(vals[-1]):
+      raise FloatingPointError(f"distillation loss became non-finite at iteration {len(losses)}.")
+
+  with progress_bar(total=config.iterations, desc=f"distill {objective.name}", disable=not progress,
+                    unit="it", initial=start) as bar:
+    for it in range(start, config.iterations):
+      t0 = time.perf_counter()
+      state, loss = step(state, key, real_x)
+      pending.append(loss)
+      done = it + 1
+      if it > start:  # the first step of this process includes compilation
+        jax.block_until_ready(loss)
+        timed += 1
+        timed_seconds += time.perf_counter() - t0
+      else:
+        jax.block_until_ready(loss)
+      if done % 10 == 0 or done == config.iterations:
+        flush()
+        bar.set_postfix(loss=f"{losses[-1]:.4g}")
+      bar.update(1)
+      if config.eval_every and evaluator is not None and done % config.eval_every == 0:
+        result = evaluator(param.render(state.syn), jax.random.fold_in(eval_key, done))
+        evals.append((done, result))
+        bar.write(f"iteration {done}: {result}")
+      if checkpoint_path and config.checkpoint_every and done % config.checkpoint_every == 0 \
+          and done != config.iterations:
+        flush()
+        save_checkpoint(checkpoint_path, state, key, losses)
+  flush()
+  if checkpoint_path:
+    save_checkpoint(checkpoint_path, state, key, losses)
+  spi = timed_seconds / timed if timed else float("nan")
+  return DistillResult(state, np.asarray(losses, np.float64), evals, spi, start)

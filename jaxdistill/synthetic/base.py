@@ -1,0 +1,40 @@
+"""Types shared by every parameterisation of a synthetic set."""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, NamedTuple, Optional
+
+import jax
+
+
+class SyntheticBatch(NamedTuple):
+  """What objectives and evaluation see.
+
+  Attributes:
+    images: ``[N, H, W, C]`` float32 in normalised space, class-major (``N = C_cls · ipc``; image ``i`` belongs
+      to class ``i // ipc`` for hard labels).
+    labels: int32 ``[N]`` or soft float32 ``[N, C_cls]``.
+    lr: optional learned learning rate (scalar) or None.
+  """
+  images: Any
+  labels: Any
+  lr: Optional[Any] = None
+
+
+class SynState(NamedTuple):
+  """A synthetic set's state: ``params`` (dict of learnable arrays, what the image optimiser updates) and
+  ``const`` (dict of fixed arrays, e.g. hard labels). Both are pytrees; the whole state is checkpointed."""
+  params: Dict[str, Any]
+  const: Dict[str, Any]
+
+
+class Parameterisation(NamedTuple):
+  """A parameterisation: ``render(state) -> SyntheticBatch`` (pure, differentiable in ``state.params``) and
+  ``storage(state) -> int`` (number of stored floats, for budget comparisons)."""
+  name: str
+  render: Callable[[SynState], SyntheticBatch]
+  storage: Callable[[SynState], int]
+
+
+def num_floats(tree) -> int:
+  """Number of scalars in a pytree."""
+  return int(sum(x.size for x in jax.tree_util.tree_leaves(tree)))
