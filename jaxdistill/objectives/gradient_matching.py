@@ -95,7 +95,7 @@ def _channel_distance(a, b):
   """DC Eq. 9 for one tensor: ``Σ_i 1 − cos(A_i, B_i)`` over output channels (the last axis in Flax's
   ``[kh, kw, in, out]`` / ``[in, out]`` layouts); 0 for 1-D tensors (biases, norm scales/offsets)."""
   if a.ndim < 2:
-    return jnp.zeros((), a.dtype)
+    return 0.0
   a = jnp.moveaxis(a, -1, 0).reshape(a.shape[-1], -1)
   b = jnp.moveaxis(b, -1, 0).reshape(b.shape[-1], -1)
   dots = jnp.sum(a * b, axis=-1)
