@@ -85,8 +85,9 @@ def train_step(model, tx, state: TrainState, images, labels, key, weights=None,
 
   (loss, new_vars), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.variables["params"])
   opt_state = state.opt_state
-  if learning_rate is not None:
-    opt_state.hyperparams["learning_rate"] = jnp.asarray(learning_rate, jnp.float32)
+  if learning_rate is not None:  # a new state, not an in-place edit of the caller's (eager mode would see it)
+    opt_state = opt_state._replace(
+        hyperparams={**opt_state.hyperparams, "learning_rate": jnp.asarray(learning_rate, jnp.float32)})
   updates, opt_state = tx.update(grads, opt_state, state.variables["params"])
   params = optax.apply_updates(state.variables["params"], updates)
   return TrainState({**new_vars, "params": params}, opt_state, state.step + 1), loss

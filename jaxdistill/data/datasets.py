@@ -18,6 +18,7 @@ from jaxdistill.data.normalise import normalise
 from jaxdistill.data.specs import SPLITS, DatasetSpec, get_spec
 
 _SPLIT_RE = re.compile(r"^(train|test)(\[[^\]]*\])?$")
+_READ_BATCH = 10000  # examples per tf.data batch when reading a split
 
 
 def default_data_dir() -> str:
@@ -65,9 +66,13 @@ def load_uint8(name: str, split: str, data_dir: Optional[str] = None,
         raise ValueError(
             f"Could not download/prepare {name!r} into {data_dir!r} ({type(e).__name__}: {e}). "
             "This needs internet once; Fashion-MNIST alone works offline.") from e
-  data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, as_supervised=True))
-  images, labels = data
-  images = np.asarray(images, np.uint8)
+  # Fixed-size batches, not batch_size=-1: TFDS batches the latter by the split size in the dataset metadata,
+  # and where that is unknown (e.g. under tfds.testing.mock_data) the batch is sys.maxsize and tf.data aborts.
+  batches = list(tfds.as_numpy(builder.as_dataset(split=split, batch_size=_READ_BATCH, as_supervised=True)))
+  if not batches:
+    raise ValueError(f"{name}/{split} holds no examples.")
+  images = np.concatenate([np.asarray(b[0], np.uint8) for b in batches])
+  labels = np.concatenate([np.asarray(b[1]) for b in batches])
   if images.ndim == 3:
     images = images[..., None]
   if images.shape[1:] != spec.image_shape:
