@@ -1,0 +1,53 @@
+"""The ``experiments.distill`` CLI on tiny runs: outputs, metrics keys, refusal to overwrite, resume."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from experiments import distill
+from jaxdistill import io
+
+TINY = ["--ipc", "1", "--real-per-class", "4", "--width", "8", "--eval-models", "1", "--eval-epochs", "2",
+        "--eval-width", "8", "--test-size", "200", "--no-eval-dsa", "--quiet"]
+
+
+def _args(out, method="dm", iterations=3, *extra):
+  return ["--method", method, "--iterations", str(iterations), "--out", str(out), *TINY, *extra]
+
+
+def test_cli_writes_outputs_and_refuses_non_empty_out(tmp_path):
+  out = tmp_path / "run"
+  payload = distill.main(_args(out))
+  for name in ("synthetic.npz", "metrics.json", "grid.png", "loss.png"):
+    assert (out / name).stat().st_size > 0, name
+  metrics = io.load_json(str(out / "metrics.json"))
+  for k in ("method", "dataset", "ipc", "test_accuracy_mean", "test_accuracy_std", "eval_models", "eval_epochs",
+            "iterations", "seconds_per_iteration", "peak_memory_mb", "loss_curve"):
+    assert k in metrics, k
+  assert metrics["method"] == "dm" and metrics["ipc"] == 1 and metrics["iterations"] == 3
+  assert len(metrics["loss_curve"]) == 3 and metrics["peak_memory_mb"] > 0
+  assert 0.0 <= metrics["test_accuracy_mean"] <= 1.0
+  syn = io.load_synthetic(str(out / "synthetic.npz"))
+  assert syn["images"].shape == (10, 28, 28, 1)
+  np.testing.assert_array_equal(syn["labels"], np.arange(10))
+  assert payload["method"] == "dm"
+  with pytest.raises(ValueError, match="not empty"):
+    distill.main(_args(out))
+
+
+def test_cli_resume_continues_and_config_file(tmp_path):
+  out = tmp_path / "run"
+  cfg = tmp_path / "cfg.json"
+  cfg.write_text(json.dumps({"outer_loop": 2, "inner_loop": 1, "momentum": 0.5}))
+  distill.main(_args(out, "dc", 2, "--config", str(cfg)))
+  metrics = distill.main(_args(out, "dc", 4, "--config", str(cfg), "--resume"))
+  assert metrics["resumed_from"] == 2 and len(metrics["loss_curve"]) == 4
+  assert metrics["objective_config"]["outer_loop"] == 2
+
+
+def test_cli_rejects_unknown_config_keys(tmp_path):
+  cfg = tmp_path / "cfg.json"
+  cfg.write_text(json.dumps({"learning_rate_of_everything": 3}))
+  with pytest.raises(ValueError, match="unknown option"):
+    distill.main(_args(tmp_path / "run", "dm", 1, "--config", str(cfg)))
