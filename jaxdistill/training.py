@@ -59,7 +59,8 @@ def init_state(model, key, image_shape, tx: optax.GradientTransformation) -> Tra
 
 
 def train_step(model, tx, state: TrainState, images, labels, key, weights=None,
-               dsa: Optional[DSAParams] = None, op_index=None, learning_rate=None):
+               dsa: Optional[DSAParams] = None, op_index=None, learning_rate=None,
+               return_logits: bool = False):
   """One SGD step on a batch ``images [B, H, W, C]``, ``labels [B]`` or ``[B, C]``.
 
   Args:
@@ -69,9 +70,10 @@ def train_step(model, tx, state: TrainState, images, labels, key, weights=None,
     op_index: the DSA operation (draw it outside ``vmap`` over models so only one branch runs); drawn from
       ``key`` if None.
     learning_rate: if given, overrides the optimiser's learning rate for this step.
+    return_logits: also return the logits ``[B, C]`` computed before the update.
 
   Returns:
-    ``(new_state, loss)``.
+    ``(new_state, loss)``, or ``(new_state, loss, logits)`` with ``return_logits``.
   """
   if dsa is not None:
     k_op, k_aug = jax.random.split(key)
@@ -81,16 +83,19 @@ def train_step(model, tx, state: TrainState, images, labels, key, weights=None,
 
   def loss_fn(params):
     logits, new_vars = models.apply(model, {**state.variables, "params": params}, images, train=True)
-    return cross_entropy(logits, labels, weights), new_vars
+    return cross_entropy(logits, labels, weights), (new_vars, logits)
 
-  (loss, new_vars), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.variables["params"])
+  (loss, (new_vars, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.variables["params"])
   opt_state = state.opt_state
   if learning_rate is not None:  # a new state, not an in-place edit of the caller's (eager mode would see it)
     opt_state = opt_state._replace(
         hyperparams={**opt_state.hyperparams, "learning_rate": jnp.asarray(learning_rate, jnp.float32)})
   updates, opt_state = tx.update(grads, opt_state, state.variables["params"])
   params = optax.apply_updates(state.variables["params"], updates)
-  return TrainState({**new_vars, "params": params}, opt_state, state.step + 1), loss
+  new_state = TrainState({**new_vars, "params": params}, opt_state, state.step + 1)
+  if return_logits:
+    return new_state, loss, logits
+  return new_state, loss
 
 
 def predict_batched(model, variables, images, batch_size: int = 1000):

@@ -1,0 +1,134 @@
+"""Pieces every experiment CLI shares: common flags, dataset loading, evaluation and writing results.
+
+A run folder holds ``synthetic.npz`` (images, labels, optional learned lr, JSON metadata), ``metrics.json``
+and ``grid.png`` (the set, denormalised, one row per class).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+from typing import Any, Dict, NamedTuple, Optional
+
+import jax
+import numpy as np
+
+from jaxdistill import io
+from jaxdistill.augment import default_params
+from jaxdistill.data import denormalise, get_spec, load
+from jaxdistill.data.specs import DatasetSpec
+from jaxdistill.evaluate import EvalConfig, EvalResult, evaluate
+
+
+class Data(NamedTuple):
+  """A dataset in memory: normalised float32 NHWC images, int32 labels, and its spec."""
+  train_x: np.ndarray
+  train_y: np.ndarray
+  test_x: np.ndarray
+  test_y: np.ndarray
+  spec: DatasetSpec
+
+
+def positive_int(text: str) -> int:
+  """argparse type: an integer >= 1."""
+  value = int(text)
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+  return value
+
+
+def add_common_args(parser: argparse.ArgumentParser, ipc_required: bool = True) -> argparse.ArgumentParser:
+  """Adds the flags shared by the coreset / distill CLIs."""
+  parser.add_argument("--dataset", default="fashion_mnist",
+                      help="fashion_mnist (offline), mnist, cifar10, cifar100, svhn_cropped")
+  parser.add_argument("--ipc", type=positive_int, required=ipc_required, help="images per class")
+  parser.add_argument("--eval-models", type=positive_int, default=5, help="networks trained at once (vmap)")
+  parser.add_argument("--eval-epochs", type=positive_int, default=300, help="training epochs per network")
+  parser.add_argument("--eval-arch", default="convnet", help="evaluation architecture")
+  parser.add_argument("--eval-width", type=positive_int, default=128, help="ConvNet/MLP width for evaluation")
+  parser.add_argument("--no-eval-dsa", action="store_true", help="train evaluation networks without DSA")
+  parser.add_argument("--test-size", type=int, default=None,
+                      help="evaluate on the first N test images (default: the whole test split)")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--out", required=True, help="output folder (must be new or empty)")
+  parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
+  parser.add_argument("--data-dir", default=None, help="TFDS data dir (default: $JAXDISTILL_DATA_DIR)")
+  parser.add_argument("--quiet", action="store_true", help="no progress bars")
+  return parser
+
+
+def load_dataset(args) -> Data:
+  """Loads the train and test splits named by ``args.dataset`` (``args.test_size`` limits the test split)."""
+  get_spec(args.dataset)  # ValueError for unknown names before touching TFDS.
+  train_x, train_y, spec = load(args.dataset, "train", data_dir=args.data_dir)
+  test_x, test_y, _ = load(args.dataset, "test", data_dir=args.data_dir)
+  size = getattr(args, "test_size", None)
+  if size is not None:
+    if size < 1:
+      raise ValueError(f"--test-size must be >= 1, got {size}.")
+    test_x, test_y = test_x[:size], test_y[:size]
+  return Data(train_x, train_y, test_x, test_y, spec)
+
+
+def eval_model_kwargs(args) -> Dict[str, Any]:
+  """Model options for the evaluation architecture (the width applies to ConvNet and MLP)."""
+  if args.eval_arch in ("convnet", "convnet_bn", "mlp"):
+    return {"width": args.eval_width}
+  return {}
+
+
+def evaluate_set(args, data: Data, images, labels, key, lr=None, arch: Optional[str] = None) -> EvalResult:
+  """Evaluates a (synthetic) set with the flags' protocol: ``args.eval_models`` fresh networks,
+  ``args.eval_epochs`` epochs, DSA unless ``--no-eval-dsa``, the learned ``lr`` when given."""
+  arch = arch or args.eval_arch
+  dsa = None if args.no_eval_dsa else default_params(digits=data.spec.digits)
+  kwargs = eval_model_kwargs(args) if arch == args.eval_arch else {}
+  return evaluate(images, labels, arch, key, args.eval_models, args.eval_epochs, test_images=data.test_x,
+                  test_labels=data.test_y, num_classes=data.spec.num_classes, dsa=dsa, lr=lr,
+                  config=EvalConfig(), model_kwargs=kwargs, progress=not args.quiet)
+
+
+def eval_metrics(args, result: EvalResult) -> Dict[str, Any]:
+  """The evaluation keys of ``metrics.json``."""
+  return {"test_accuracy_mean": result.mean, "test_accuracy_std": result.std,
+          "test_accuracies": [float(a) for a in result.accuracies], "eval_models": args.eval_models,
+          "eval_epochs": args.eval_epochs, "eval_arch": args.eval_arch, "eval_dsa": not args.no_eval_dsa,
+          "eval_seconds": result.seconds, "test_size": int(result_test_size(args))}
+
+
+def result_test_size(args) -> int:
+  return args.test_size if getattr(args, "test_size", None) else get_spec(args.dataset).num_test
+
+
+def peak_memory_mb() -> float:
+  """Peak resident memory of this process so far, in MiB (``ru_maxrss``)."""
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0
+
+
+def class_major(images, labels):
+  """Reorders a set so classes come in order (stable); soft labels are ordered by their argmax."""
+  labels = np.asarray(labels)
+  hard = labels.argmax(-1) if labels.ndim == 2 else labels
+  order = np.argsort(hard, kind="stable")
+  return np.asarray(images)[order], labels[order]
+
+
+def write_outputs(out: str, data: Data, images, labels, metrics: Dict[str, Any], metadata: Dict[str, Any],
+                  lr=None, extra=None) -> Dict[str, Any]:
+  """Writes ``out/synthetic.npz``, ``out/grid.png`` and ``out/metrics.json`` (= metadata + metrics)."""
+  images = np.asarray(images, np.float32)
+  io.save_synthetic(os.path.join(out, "synthetic.npz"), images, labels, metadata, lr=lr, extra=extra)
+  shown, _ = class_major(images, labels)
+  io.save_image_grid(os.path.join(out, "grid.png"), denormalise(shown, data.spec.name),
+                     rows=data.spec.num_classes)
+  payload = {**metadata, **metrics}
+  io.save_json(os.path.join(out, "metrics.json"), payload)
+  return payload
+
+
+def device_summary() -> str:
+  """The JAX backend and devices, e.g. ``cpu x1``."""
+  devs = jax.devices()
+  return f"{devs[0].platform} x{len(devs)} ({devs[0].device_kind})"
