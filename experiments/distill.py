@@ -23,10 +23,43 @@ from experiments import common
 from jaxdistill import io, loop, objectives, synthetic
 from jaxdistill.augment import DIGIT_STRATEGY
 
+# Per-method hooks, so every method runs through this one CLI:
+#   ARG_HOOKS: functions ``add(parser)`` adding a method family's flags (e.g. ``--buffer`` for MTT);
+#   BUILDERS[method]: ``build(args, data, obj_cfg, init, key) -> (Objective, Parameterisation, SynState)``
+#     for methods that need more than "pixels initialised by ``init`` + the registered objective"
+#     (expert buffers, learnable labels / lr, generator parameterisations). Methods without an entry use
+#     :func:`build_pixels`.
+ARG_HOOKS = []
+BUILDERS = {}
+
+
+def build_pixels(args, data, obj_cfg, init, key):
+  """The default builder: the registered objective on a pixel set initialised with ``init``."""
+  spec = data.spec
+  objective = objectives.make_objective(objective_name(args), obj_cfg, num_classes=spec.num_classes,
+                                        image_shape=spec.image_shape, ipc=args.ipc)
+  syn = synthetic.init_pixels(key, init, data.train_x, data.train_y, spec.num_classes, args.ipc)
+  return objective, synthetic.PIXELS, syn
+
+
+def objective_name(args) -> str:
+  """The registered objective a run optimises: ``--method`` itself, or for parameterisation methods (which
+  have a builder but no objective of their own) the ``--objective`` flag their hook adds."""
+  if args.method in objectives.REGISTRY:
+    return args.method
+  name = getattr(args, "objective", None)
+  if name is None:
+    raise ValueError(f"--method {args.method} needs --objective (one of {sorted(objectives.REGISTRY)}).")
+  return name
+
+
+def method_choices():
+  return tuple(sorted(set(objectives.METHODS) | set(BUILDERS)))
+
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--method", required=True, choices=objectives.METHODS)
+  parser.add_argument("--method", required=True, choices=method_choices())
   parser.add_argument("--iterations", type=common.positive_int, default=None,
                       help="image updates (default: the paper's, DC/DSA 1000, DM 20000)")
   parser.add_argument("--eval-every", type=int, default=0, help="evaluate every N iterations (0: only at end)")
@@ -40,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="initialisation (default: DC noise, DSA/DM real images)")
   parser.add_argument("--width", type=common.positive_int, default=None,
                       help="width of the matching / embedding ConvNet (default 128)")
+  for add in ARG_HOOKS:
+    add(parser)
   return common.add_common_args(parser)
 
 
@@ -49,8 +84,9 @@ def build_configs(args, spec):
   Raises:
     ValueError: unknown keys in ``--config`` or invalid values.
   """
-  defaults = objectives.method_defaults(args.method)
-  base = objectives.default_config(args.method)
+  method = objective_name(args)
+  defaults = objectives.method_defaults(method)
+  base = objectives.default_config(method)
   obj_fields = {f.name for f in dataclasses.fields(base)}
   loop_fields = {f.name for f in dataclasses.fields(loop.LoopConfig)}
   overrides = io.load_json(args.config) if args.config else {}
@@ -67,7 +103,7 @@ def build_configs(args, spec):
     obj_over["dsa_strategy"] = DIGIT_STRATEGY
   if args.width is not None:
     obj_over["width"] = args.width
-  obj_cfg = objectives.default_config(args.method, **obj_over)
+  obj_cfg = objectives.default_config(method, **obj_over)
   loop_kw = dict(iterations=defaults.iterations, real_per_class=defaults.real_per_class,
                  lr_img=defaults.lr_img)
   loop_kw.update({k: v for k, v in overrides.items() if k in loop_fields})
@@ -89,25 +125,24 @@ def main(argv=None) -> dict:
   obj_cfg, loop_cfg, init = build_configs(args, spec)
   key = jax.random.PRNGKey(args.seed)
   k_init, k_loop, k_eval = jax.random.split(key, 3)
-  objective = objectives.make_objective(args.method, obj_cfg, num_classes=spec.num_classes,
-                                        image_shape=spec.image_shape, ipc=args.ipc)
-  syn = synthetic.init_pixels(k_init, init, data.train_x, data.train_y, spec.num_classes, args.ipc)
+  objective, param, syn = BUILDERS.get(args.method, build_pixels)(args, data, obj_cfg, init, k_init)
   evaluator = None
   if loop_cfg.eval_every:
     evaluator = lambda batch, k: common.evaluate_set(args, data, np.asarray(batch.images),
                                                      np.asarray(batch.labels), k, lr=batch.lr)
   ckpt = os.path.join(args.out, "checkpoint.npz")
-  result = loop.distill(objective, synthetic.PIXELS, syn, data.train_x, data.train_y, spec.num_classes, k_loop,
+  result = loop.distill(objective, param, syn, data.train_x, data.train_y, spec.num_classes, k_loop,
                         loop_cfg, evaluator=evaluator, checkpoint_path=ckpt, resume=args.resume,
                         progress=not args.quiet)
-  batch = synthetic.PIXELS.render(result.state.syn)
+  batch = param.render(result.state.syn)
   distill_seconds = time.perf_counter() - start
   final = common.evaluate_set(args, data, np.asarray(batch.images), np.asarray(batch.labels), k_eval)
   its = np.arange(1, len(result.losses) + 1)
   io.save_curve(os.path.join(args.out, "loss.png"), {args.method: (its, result.losses)}, "iteration",
                 "matching loss", title=f"{args.method} ipc={args.ipc}")
   metadata = {"method": args.method, "dataset": args.dataset, "ipc": args.ipc, "seed": args.seed,
-              "kind": "distilled", "init": init, "objective_config": dataclasses.asdict(obj_cfg),
+              "kind": "distilled", "init": init, "parameterisation": param.name,
+              "storage_floats": int(param.storage(result.state.syn)), "objective_config": dataclasses.asdict(obj_cfg),
               "loop_config": dataclasses.asdict(loop_cfg), "resumed_from": result.start_iteration}
   metrics = {**common.eval_metrics(args, final), "iterations": loop_cfg.iterations,
              "seconds_per_iteration": result.seconds_per_iteration, "peak_memory_mb": common.peak_memory_mb(),

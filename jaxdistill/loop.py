@@ -14,14 +14,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any, Callable, Dict, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxdistill import io
+from jaxdistill import io, sharding
 from jaxdistill.data.sampling import check_ipc, class_index, sample_balanced
 from jaxdistill.objectives.base import Objective, RealBatch
 from jaxdistill.progress import progress_bar
@@ -42,6 +42,9 @@ class LoopConfig:
     optimizer: ``"sgd"`` (with ``momentum``, 0.5 in the papers) or ``"adam"``.
     eval_every: evaluate every this many iterations (0: only when the caller evaluates at the end).
     checkpoint_every: write the checkpoint every this many iterations (0: only at the end).
+    param_lrs: optional ``{name: lr}`` for top-level entries of the synthetic ``params`` that need their own
+      learning rate (e.g. MTT's learnable student lr ``{"lr": 1e-5}``); they get the same optimiser kind and
+      momentum as the images. None / empty: one learning rate ``lr_img`` for everything.
   """
   iterations: int = 1000
   real_per_class: int = 256
@@ -50,6 +53,7 @@ class LoopConfig:
   momentum: float = 0.5
   eval_every: int = 0
   checkpoint_every: int = 0
+  param_lrs: Optional[Mapping[str, float]] = None
 
   def validate(self):
     if self.optimizer not in OPTIMIZERS:
@@ -66,14 +70,35 @@ class LoopConfig:
       raise ValueError(f"lr_img must be a number > 0, got {self.lr_img!r}.")
     if not 0.0 <= self.momentum < 1.0:
       raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}.")
+    for name, lr in dict(self.param_lrs or {}).items():
+      if not isinstance(name, str) or not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"param_lrs must map parameter names to numbers > 0, got {name!r}: {lr!r}.")
     return self
 
 
 def make_optimizer(config: LoopConfig) -> optax.GradientTransformation:
-  """The image optimiser: ``optax.sgd(lr_img, momentum)`` (PyTorch-style momentum) or ``optax.adam``."""
-  if config.optimizer == "sgd":
-    return optax.sgd(config.lr_img, momentum=config.momentum or None)
-  return optax.adam(config.lr_img)
+  """The image optimiser: ``optax.sgd(lr_img, momentum)`` (PyTorch-style momentum) or ``optax.adam``.
+
+  With ``config.param_lrs`` (``{name: lr}``), ``optax.multi_transform`` gives each named top-level entry of
+  the ``params`` dict the same kind of optimiser with its own learning rate (MTT's α: SGD lr_lr, momentum 0.5)
+  and everything else ``lr_img``.
+  """
+  def make(lr):
+    if config.optimizer == "sgd":
+      return optax.sgd(lr, momentum=config.momentum or None)
+    return optax.adam(lr)
+
+  param_lrs = dict(config.param_lrs or {})
+  if not param_lrs:
+    return make(config.lr_img)
+  transforms = {"__default__": make(config.lr_img)}
+  transforms.update({f"param:{k}": make(float(v)) for k, v in param_lrs.items()})
+
+  def labels(params):
+    return {k: jax.tree_util.tree_map(lambda _, k=k: f"param:{k}" if k in param_lrs else "__default__", v)
+            for k, v in params.items()}
+
+  return optax.multi_transform(transforms, labels)
 
 
 class LoopState(NamedTuple):
@@ -104,24 +129,32 @@ def init_state(objective: Objective, syn: SynState, key, config: LoopConfig) -> 
   return LoopState(syn, tx.init(syn.params), obj_state, jnp.zeros((), jnp.int32))
 
 
-def make_step(objective: Objective, param: Parameterisation, config: LoopConfig, index, num_classes: int):
+def make_step(objective: Objective, param: Parameterisation, config: LoopConfig, index, num_classes: int,
+              mesh=None):
   """The jitted step ``(state, key, real_x) -> (state, loss)``.
 
   ``real_x [N, H, W, C]`` is passed as an argument (not baked into the program); ``index`` is the
-  :class:`~jaxdistill.data.ClassIndex` of the real labels.
+  :class:`~jaxdistill.data.ClassIndex` of the real labels. With a ``mesh`` (:mod:`jaxdistill.sharding`) the
+  real batch is split across its devices (same result as one device).
   """
   tx = make_optimizer(config)
   n = int(config.real_per_class)
 
-  def step(state: LoopState, key, real_x, index):
+  with_data = objective.data is not None
+
+  def step(state: LoopState, key, real_x, index, data):
     k = jax.random.fold_in(key, state.step)
     k_real, k_loss, k_upd = jax.random.split(k, 3)
     pos = sample_balanced(k_real, index, n)  # [C, n]
     real = RealBatch(real_x[pos], jnp.broadcast_to(jnp.arange(num_classes, dtype=jnp.int32)[:, None],
                                                    pos.shape))
+    if mesh is not None:
+      real = sharding.constrain_real_batch(real, mesh)
 
     def loss_fn(params):
       syn = param.render(state.syn._replace(params=params))
+      if with_data:
+        return objective.loss(state.obj_state, syn, real, k_loss, data)
       return objective.loss(state.obj_state, syn, real, k_loss)
 
     (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.syn.params)
@@ -129,11 +162,13 @@ def make_step(objective: Objective, param: Parameterisation, config: LoopConfig,
     syn = state.syn._replace(params=optax.apply_updates(state.syn.params, updates))
     obj_state = state.obj_state
     if objective.update is not None:
-      obj_state = objective.update(obj_state, param.render(syn), k_upd)
+      extra = (data,) if with_data else ()
+      obj_state = objective.update(obj_state, param.render(syn), k_upd, *extra)
     return LoopState(syn, opt_state, obj_state, state.step + 1), loss
 
   jitted = jax.jit(step)
-  return lambda state, key, real_x: jitted(state, key, real_x, index)
+  data = objective.data
+  return lambda state, key, real_x: jitted(state, key, real_x, index, data)
 
 
 def _key_data(key) -> np.ndarray:
@@ -185,7 +220,8 @@ def load_checkpoint(path: str, template: LoopState, key):
 
 
 def make_evaluator(test_images, test_labels, num_classes: int, arch: str = "convnet", num_models: int = 5,
-                   epochs: int = 1000, dsa=None, model_kwargs=None, progress: bool = False) -> Callable:
+                   epochs: int = 1000, dsa=None, model_kwargs=None, progress: bool = False,
+                   mesh=None) -> Callable:
   """``evaluator(batch: SyntheticBatch, key) -> EvalResult`` with :func:`jaxdistill.evaluate.evaluate`."""
   from jaxdistill.evaluate import evaluate
 
@@ -193,14 +229,14 @@ def make_evaluator(test_images, test_labels, num_classes: int, arch: str = "conv
     return evaluate(np.asarray(batch.images), np.asarray(batch.labels), arch, key, num_models, epochs,
                     test_images=test_images, test_labels=test_labels, num_classes=num_classes, dsa=dsa,
                     lr=None if batch.lr is None else float(batch.lr), model_kwargs=model_kwargs,
-                    progress=progress)
+                    progress=progress, mesh=mesh)
   return evaluator
 
 
 def distill(objective: Objective, param: Parameterisation, syn: SynState, real_images, real_labels,
             num_classes: int, key, config: LoopConfig, *, evaluator: Optional[Callable] = None,
             checkpoint_path: Optional[str] = None, resume: bool = False, progress: bool = True,
-            log: Optional[Callable[[int, float], None]] = None) -> DistillResult:
+            log: Optional[Callable[[int, float], None]] = None, mesh=None) -> DistillResult:
   """Runs ``config.iterations`` image updates of ``syn`` under ``objective``.
 
   Args:
@@ -213,6 +249,8 @@ def distill(objective: Objective, param: Parameterisation, syn: SynState, real_i
     checkpoint_path: where to write the checkpoint (every ``checkpoint_every`` iterations and at the end).
     resume: continue from ``checkpoint_path`` if it exists (same key and configuration required).
     log: optional ``log(iteration, loss)`` callback, called whenever losses are fetched.
+    mesh: optional :class:`jax.sharding.Mesh` (:func:`jaxdistill.sharding.make_mesh`): the step runs over its
+      devices, the real batch split across them, the state replicated.
 
   Returns:
     A :class:`DistillResult`.
@@ -228,7 +266,9 @@ def distill(objective: Objective, param: Parameterisation, syn: SynState, real_i
     state, losses, _ = load_checkpoint(checkpoint_path, state, key)
     losses = losses[:int(state.step)]
   start = int(state.step)
-  step = make_step(objective, param, config, index, num_classes)
+  if mesh is not None:
+    state, real_x = sharding.replicate((state, real_x), mesh)
+  step = make_step(objective, param, config, index, num_classes, mesh=mesh)
   eval_key = jax.random.fold_in(key, 2 ** 31 - 2)
   evals = []
   pending = []

@@ -26,12 +26,14 @@ class RealBatch(NamedTuple):
 
 
 class Objective(NamedTuple):
-  """A distillation objective (see module docstring). ``config`` is the frozen dataclass it was built from."""
+  """A distillation objective (see module docstring). ``config`` is the frozen dataclass it was built from;
+  ``data`` an optional pytree of fixed arrays passed to ``loss``/``update`` as a fifth/fourth argument."""
   name: str
   init: Callable
   loss: Callable
   update: Optional[Callable]
   config: Any
+  data: Any = None
 
 
 def per_class(images, labels, num_classes: int):

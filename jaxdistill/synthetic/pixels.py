@@ -21,7 +21,8 @@ def class_major_labels(num_classes: int, ipc: int) -> jnp.ndarray:
 
 
 def init_pixels(key, init: str, real_images, real_labels, num_classes: int, ipc: int, *,
-                noise_std: float = 1.0, learn_lr: float = None, coreset_kwargs=None) -> SynState:
+                noise_std: float = 1.0, learn_lr: float = None, learn_labels: bool = False,
+                label_scale: float = 1.0, coreset_kwargs=None) -> SynState:
   """A pixel synthetic set of ``ipc`` images per class.
 
   Args:
@@ -31,6 +32,8 @@ def init_pixels(key, init: str, real_images, real_labels, num_classes: int, ipc:
       ``"kcenter"``, ``"forgetting"`` (:func:`jaxdistill.coreset.select`).
     real_images: ``[N, H, W, C]`` normalised training images; real_labels: int ``[N]``.
     learn_lr: if given, a learnable learning rate initialised to this value (MTT-style) is added to ``params``.
+    learn_labels: if True, soft labels float32 ``[C·ipc, C]`` initialised to ``label_scale · one_hot`` are
+      learnable (``params["labels"]``; KIP, FRePo, label distillation) instead of fixed hard labels.
     coreset_kwargs: extra keyword arguments for :func:`jaxdistill.coreset.select`.
 
   Returns:
@@ -57,12 +60,17 @@ def init_pixels(key, init: str, real_images, real_labels, num_classes: int, ipc:
   params = {"images": images}
   if learn_lr is not None:
     params["lr"] = jnp.asarray(learn_lr, jnp.float32)
-  return SynState(params, {"labels": class_major_labels(num_classes, ipc)})
+  labels = class_major_labels(num_classes, ipc)
+  if learn_labels:
+    params["labels"] = label_scale * jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  return SynState(params, {"labels": labels})
 
 
 def render_pixels(state: SynState) -> SyntheticBatch:
-  """The identity rendering: ``SyntheticBatch(images [N, H, W, C], labels [N], lr or None)``."""
-  return SyntheticBatch(state.params["images"], state.const["labels"], state.params.get("lr"))
+  """The identity rendering: ``SyntheticBatch(images [N, H, W, C], labels, lr or None)``; labels are the
+  learnable soft labels ``params["labels"] [N, C]`` when present, else the hard ``const["labels"] [N]``."""
+  labels = state.params["labels"] if "labels" in state.params else state.const["labels"]
+  return SyntheticBatch(state.params["images"], labels, state.params.get("lr"))
 
 
 def storage_pixels(state: SynState) -> int:
