@@ -11,7 +11,6 @@ Rows (``run(quick) -> list[dict]``):
 """
 from __future__ import annotations
 
-import resource
 import sys
 import time
 
@@ -19,17 +18,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import common
 from jaxdistill import loop, models, objectives, synthetic
-from jaxdistill.augment import default_params
 from jaxdistill.data import load, random_subset
+from jaxdistill.objectives import default_loops
 from jaxdistill.data.sampling import class_index, sample_balanced
 
 REFERENCE_DM_SECONDS = 3.85
-
-
-def _peak_mb() -> float:
-  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0
 
 
 def _time(fn, repeats: int):
@@ -73,35 +68,26 @@ def dm_speed(ipc: int = 10, real_per_class: int = 256, width: int = 128, repeats
 
 def _protocol(quick: bool):
   if quick:
-    return dict(train_size=2000, test_size=500, width=16, eval_width=16, eval_models=3, eval_epochs=20,
-                real_per_class=16, ipcs=(1,), iters={"dc": 2, "dsa": 2, "dm": 5, "dm_l1": 5})
-  return dict(train_size=None, test_size=None, width=128, eval_width=128, eval_models=3, eval_epochs=300,
-              real_per_class=64, ipcs=(1, 10), iters={"dc": 100, "dsa": 100, "dm": 200, "dm_l1": 200})
+    return dict(width=16, real_per_class=16, ipcs=(1,), iters={1: {"dc": 2, "dsa": 2, "dm": 5, "dm_l1": 5}})
+  return dict(width=128, real_per_class=64, ipcs=(1, 10),
+              iters={1: {"dc": 100, "dsa": 100, "dm": 200, "dm_l1": 200},
+                     10: {"dc": 20, "dsa": 20, "dm": 200, "dm_l1": 200}})
 
 
 def run(quick: bool = False):
   """Benchmark rows (see module docstring)."""
   p = _protocol(quick)
-  split = "train" if p["train_size"] is None else f"train[:{p['train_size']}]"
-  x, y, spec = load("fashion_mnist", split)
-  tx, ty, _ = load("fashion_mnist", "test")
-  if p["test_size"]:
-    tx, ty = tx[:p["test_size"]], ty[:p["test_size"]]
-  nc = spec.num_classes
-  dsa = default_params(digits=spec.digits)
-  evaluator = loop.make_evaluator(tx, ty, nc, "convnet", p["eval_models"], p["eval_epochs"], dsa=dsa,
-                                  model_kwargs={"width": p["eval_width"]})
+  data = common.load_data(quick)
+  x, y, nc = data.train_x, data.train_y, data.num_classes
+  evaluator = common.make_evaluator(data, quick)
+  eval_desc = common.eval_protocol(quick).describe()
   rows = []
   for ipc in p["ipcs"]:
     key = jax.random.PRNGKey(ipc)
     pos = random_subset(key, y, nc, ipc).reshape(-1)
     res = evaluator(synthetic.SyntheticBatch(x[pos], y[pos]), jax.random.fold_in(key, 1))
-    base = {"benchmark": "matching", "dataset": "fashion_mnist", "ipc": ipc}
-    eval_desc = (f"eval ConvNet-{p['eval_width']} x{p['eval_models']} models, {p['eval_epochs']} epochs, DSA, "
-                 f"test {len(ty)}")
-    rows.append({**base, "method": "random", "test_accuracy_mean": res.mean, "test_accuracy_std": res.std,
-                 "seconds_per_iteration": None, "peak_memory_mb": _peak_mb(), "protocol": eval_desc})
-    for method, iters in p["iters"].items():
+    rows.append(common.row("matching", "random", ipc, result=res, protocol=eval_desc, eval_protocol=eval_desc))
+    for method, iters in p["iters"][ipc].items():
       d = objectives.method_defaults(method)
       cfg = objectives.default_config(method, width=p["width"])
       obj = objectives.make_objective(method, cfg, num_classes=nc, image_shape=x.shape[1:], ipc=ipc)
@@ -109,20 +95,25 @@ def run(quick: bool = False):
       lc = loop.LoopConfig(iterations=iters, real_per_class=p["real_per_class"], lr_img=d.lr_img)
       out = loop.distill(obj, synthetic.PIXELS, syn, x, y, nc, key, lc, progress=False)
       res = evaluator(synthetic.PIXELS.render(out.state.syn), jax.random.fold_in(key, 2))
-      rows.append({**base, "method": method, "test_accuracy_mean": res.mean, "test_accuracy_std": res.std,
-                   "seconds_per_iteration": out.seconds_per_iteration, "peak_memory_mb": _peak_mb(),
-                   "protocol": (f"{iters} iterations, ConvNet-{p['width']} matching net, {p['real_per_class']} "
-                                f"real/class, init {d.init}, lr_img {d.lr_img}; {eval_desc}")})
+      loops = ""
+      if method in ("dc", "dsa"):
+        outer, inner = default_loops(ipc)
+        loops = f" image updates (outer/inner loops {outer}/{inner})"
+      rows.append(common.row(
+          "matching", method, ipc, result=res, seconds_per_iteration=out.seconds_per_iteration,
+          published=common.published(method, ipc), eval_protocol=eval_desc,
+          protocol=(f"{method}: {iters} iterations, ConvNet-{p['width']} matching net, {p['real_per_class']} "
+                    f"real/class, init {d.init}, lr_img {d.lr_img}{loops}; {eval_desc}")))
   speed = dm_speed(width=16 if quick else 128, real_per_class=16 if quick else 256,
-                   repeats=2 if quick else 5, train_size=p["train_size"])
-  rows.append({"benchmark": "matching_speed", "method": "dm", "dataset": "fashion_mnist", "ipc": 10,
-               "test_accuracy_mean": None, "test_accuracy_std": None,
-               "seconds_per_iteration": speed["seconds_per_iteration"], "peak_memory_mb": _peak_mb(),
-               "reference_seconds_per_iteration": None if quick else REFERENCE_DM_SECONDS,
-               "real_embed_forward_seconds": speed["real_embed_forward_seconds"],
-               "conv_forward_share": speed["conv_forward_share"],
-               "protocol": ("DM step at paper settings: IPC 10, 256 real/class, DSA, ConvNet-128, steady state "
-                            "after compile, mean of 5 steps" if not quick else "quick: width 16, 16 real/class")})
+                   repeats=2 if quick else 5, train_size=2000 if quick else None)
+  rows.append(common.row(
+      "matching_speed", "dm", 10, seconds_per_iteration=speed["seconds_per_iteration"],
+      reference_seconds_per_iteration=None if quick else REFERENCE_DM_SECONDS,
+      real_embed_forward_seconds=speed["real_embed_forward_seconds"],
+      conv_forward_share=speed["conv_forward_share"],
+      protocol=("DM step at paper settings: IPC 10, 256 real/class, DSA, ConvNet-128, steady state after "
+                "compile, mean of 5 steps; reference: PyTorch DM on the same kind of 2-core machine"
+                if not quick else "quick: width 16, 16 real/class")))
   return rows
 
 

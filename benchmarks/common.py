@@ -99,10 +99,15 @@ def load_average() -> Optional[float]:
 
 
 def row(benchmark: str, method: str, ipc: Optional[int], *, result=None, seconds_per_iteration=None,
-        protocol: str = "", published: Optional[float] = None, **extra) -> Dict[str, Any]:
+        protocol: str = "", published: Optional[float] = None, eval_protocol: Optional[str] = None,
+        **extra) -> Dict[str, Any]:
   """One benchmark row. ``result`` is an :class:`~jaxdistill.evaluate.EvalResult` (or None for speed-only
-  rows); ``published`` the paper's full-protocol accuracy (%) for the same method/IPC, shown beside ours."""
-  out = {"benchmark": benchmark, "method": method, "dataset": DATASET, "ipc": ipc,
+  rows); ``published`` the paper's full-protocol accuracy (%) for the same method/IPC, shown beside ours;
+  ``eval_protocol`` the evaluation's description (default ``EVAL.describe()`` when ``result`` is given): the
+  report compares a method only with reference rows evaluated the same way."""
+  if result is not None and eval_protocol is None:
+    eval_protocol = EVAL.describe()
+  out = {"eval_protocol": eval_protocol, "benchmark": benchmark, "method": method, "dataset": DATASET, "ipc": ipc,
          "test_accuracy_mean": None if result is None else float(result.mean),
          "test_accuracy_std": None if result is None else float(result.std),
          "eval_seconds": None if result is None else float(result.seconds),

@@ -33,6 +33,11 @@ def _atomic_write(path: str, write_fn, mode: str = "wb") -> str:
   return path
 
 
+def save_text(path: str, text: str) -> str:
+  """Writes ``text`` to ``path`` atomically (temporary file + rename). Returns ``path``."""
+  return _atomic_write(path, lambda f: f.write(text), mode="w")
+
+
 def _jsonable(obj):
   """Converts NumPy/JAX scalars and arrays inside ``obj`` to plain Python for ``json``."""
   if isinstance(obj, Mapping):

@@ -1,0 +1,70 @@
+"""Runs the benchmarks and regenerates ``benchmarks/README.md``.
+
+    python -m benchmarks.run                      # every benchmarks/bench_*.py, reduced CPU protocols
+    python -m benchmarks.run --only matching,foundation
+    python -m benchmarks.run --quick --out /tmp/bench   # tiny settings (smoke test), results elsewhere
+
+Each module's rows go to ``<out>/<name>.json`` (``{"rows": [...], "quick": bool, "seconds": float}``, written
+atomically); then :func:`benchmarks.report.write_report` rebuilds the markdown table from every JSON in the
+results folder. ``make bench`` calls this; ``BENCH_ARGS="--only ..."`` passes flags.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import importlib
+import os
+import time
+
+from benchmarks import report
+from jaxdistill import io
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+
+
+def available() -> list:
+  """Names of the benchmark modules (``benchmarks/bench_<name>.py``), sorted."""
+  return sorted(os.path.basename(p)[len("bench_"):-3] for p in glob.glob(os.path.join(HERE, "bench_*.py")))
+
+
+def run_one(name: str, quick: bool, out_dir: str) -> str:
+  """Runs ``benchmarks.bench_<name>.run(quick)`` and writes ``out_dir/<name>.json``; returns the path."""
+  module = importlib.import_module(f"benchmarks.bench_{name}")
+  start = time.perf_counter()
+  rows = module.run(quick=quick)
+  seconds = time.perf_counter() - start
+  path = os.path.join(out_dir, f"{name}.json")
+  io.save_json(path, {"benchmark": name, "quick": quick, "seconds": seconds, "rows": rows,
+                      "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
+  print(f"benchmark {name}: {len(rows)} rows in {seconds:.0f} s -> {path}", flush=True)
+  return path
+
+
+def main(argv=None):
+  names = available()
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--only", default=None, help=f"comma-separated subset of {names}")
+  parser.add_argument("--quick", action="store_true", help="tiny settings (a smoke test, not a result)")
+  parser.add_argument("--out", default=RESULTS, help="results folder (default benchmarks/results)")
+  parser.add_argument("--report", default=None,
+                      help="markdown file to regenerate (default: benchmarks/README.md for the default --out, "
+                           "<out>/README.md otherwise)")
+  parser.add_argument("--report-only", action="store_true", help="only regenerate the report")
+  args = parser.parse_args(argv)
+  chosen = names if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
+  unknown = sorted(set(chosen) - set(names))
+  if unknown:
+    raise ValueError(f"--only: unknown benchmark(s) {unknown}; available: {names}.")
+  os.makedirs(args.out, exist_ok=True)
+  if not args.report_only:
+    for name in chosen:
+      run_one(name, args.quick, args.out)
+  target = args.report or (os.path.join(HERE, "README.md") if os.path.abspath(args.out) == RESULTS
+                           else os.path.join(args.out, "README.md"))
+  report.write_report(args.out, target)
+  print(f"report -> {target}")
+
+
+if __name__ == "__main__":
+  main()
