@@ -71,7 +71,7 @@ def _protocol(quick: bool):
     return dict(width=16, real_per_class=16, ipcs=(1,), iters={1: {"dc": 2, "dsa": 2, "dm": 5, "dm_l1": 5}})
   return dict(width=128, real_per_class=64, ipcs=(1, 10),
               iters={1: {"dc": 100, "dsa": 100, "dm": 200, "dm_l1": 200},
-                     10: {"dc": 20, "dsa": 20, "dm": 200, "dm_l1": 200}})
+                     10: {"dc": 10, "dsa": 10, "dm": 200, "dm_l1": 200}})
 
 
 def run(quick: bool = False):

@@ -41,7 +41,7 @@ class EvalProtocol(NamedTuple):
             f"DSA, test images {test}")
 
 
-EVAL = EvalProtocol("convnet", 128, 3, 300, None)
+EVAL = EvalProtocol("convnet", 128, 3, 100, None)
 EVAL_QUICK = EvalProtocol("convnet", 16, 2, 10, 500)
 
 

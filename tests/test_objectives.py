@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.experimental import enable_x64
+from x64compat import enable_x64
 
 from jaxdistill import objectives, synthetic
 from jaxdistill.objectives import RealBatch, match_distance
