@@ -1,13 +1,8 @@
 """Benchmarks of the matching methods (DC, DSA, DM, DM-L1) on Fashion-MNIST with a ConvNet.
 
-Rows (``run(quick) -> list[dict]``):
-
-* accuracy rows: IPC 1 and 10, each method distilled with a reduced CPU protocol (stated in ``protocol``)
-  next to a random real subset under the same evaluation;
-* a DM speed row at the paper's per-iteration settings (IPC 10, 256 real images per class, DSA, ConvNet-128):
-  steady-state seconds per iteration (after compilation) vs the reference PyTorch 3.85 s/iter measured on the
-  same kind of 2-core machine, and the share of the step spent in the embedding network's forward on the real
-  batch (convolutions dominate it).
+Rows (``run(quick)`` yields them): IPC 1 and 10, each method distilled with a reduced CPU protocol (stated in
+``protocol``) next to a random real subset under the same evaluation (:data:`benchmarks.common.EVAL`).
+:func:`dm_speed` (used by :mod:`benchmarks.bench_dm_speed`) times a DM step at the paper's settings.
 """
 from __future__ import annotations
 
@@ -71,22 +66,21 @@ def _protocol(quick: bool):
     return dict(width=16, real_per_class=16, ipcs=(1,), iters={1: {"dc": 2, "dsa": 2, "dm": 5, "dm_l1": 5}})
   return dict(width=128, real_per_class=64, ipcs=(1, 10),
               iters={1: {"dc": 100, "dsa": 100, "dm": 200, "dm_l1": 200},
-                     10: {"dc": 10, "dsa": 10, "dm": 200, "dm_l1": 200}})
+                     10: {"dm": 200, "dsa": 10, "dc": 10, "dm_l1": 200}})
 
 
 def run(quick: bool = False):
-  """Benchmark rows (see module docstring)."""
+  """Yields the accuracy rows (see module docstring); the DM speed row is :mod:`benchmarks.bench_dm_speed`."""
   p = _protocol(quick)
   data = common.load_data(quick)
   x, y, nc = data.train_x, data.train_y, data.num_classes
   evaluator = common.make_evaluator(data, quick)
   eval_desc = common.eval_protocol(quick).describe()
-  rows = []
   for ipc in p["ipcs"]:
     key = jax.random.PRNGKey(ipc)
     pos = random_subset(key, y, nc, ipc).reshape(-1)
     res = evaluator(synthetic.SyntheticBatch(x[pos], y[pos]), jax.random.fold_in(key, 1))
-    rows.append(common.row("matching", "random", ipc, result=res, protocol=eval_desc, eval_protocol=eval_desc))
+    yield common.row("matching", "random", ipc, result=res, protocol=eval_desc, eval_protocol=eval_desc)
     for method, iters in p["iters"][ipc].items():
       d = objectives.method_defaults(method)
       cfg = objectives.default_config(method, width=p["width"])
@@ -99,22 +93,11 @@ def run(quick: bool = False):
       if method in ("dc", "dsa"):
         outer, inner = default_loops(ipc)
         loops = f" image updates (outer/inner loops {outer}/{inner})"
-      rows.append(common.row(
+      yield common.row(
           "matching", method, ipc, result=res, seconds_per_iteration=out.seconds_per_iteration,
           published=common.published(method, ipc), eval_protocol=eval_desc,
           protocol=(f"{method}: {iters} iterations, ConvNet-{p['width']} matching net, {p['real_per_class']} "
-                    f"real/class, init {d.init}, lr_img {d.lr_img}{loops}; {eval_desc}")))
-  speed = dm_speed(width=16 if quick else 128, real_per_class=16 if quick else 256,
-                   repeats=2 if quick else 5, train_size=2000 if quick else None)
-  rows.append(common.row(
-      "matching_speed", "dm", 10, seconds_per_iteration=speed["seconds_per_iteration"],
-      reference_seconds_per_iteration=None if quick else REFERENCE_DM_SECONDS,
-      real_embed_forward_seconds=speed["real_embed_forward_seconds"],
-      conv_forward_share=speed["conv_forward_share"],
-      protocol=("DM step at paper settings: IPC 10, 256 real/class, DSA, ConvNet-128, steady state after "
-                "compile, mean of 5 steps; reference: PyTorch DM on the same kind of 2-core machine"
-                if not quick else "quick: width 16, 16 real/class")))
-  return rows
+                    f"real/class, init {d.init}, lr_img {d.lr_img}{loops}; {eval_desc}"))
 
 
 if __name__ == "__main__":

@@ -29,15 +29,28 @@ def available() -> list:
 
 
 def run_one(name: str, quick: bool, out_dir: str) -> str:
-  """Runs ``benchmarks.bench_<name>.run(quick)`` and writes ``out_dir/<name>.json``; returns the path."""
+  """Runs ``benchmarks.bench_<name>.run(quick)`` and writes ``out_dir/<name>.json``; returns the path.
+
+  ``run`` may return a list of rows or yield them one by one; yielded rows are saved as they arrive (with
+  ``"complete": false`` until the last), so an interrupted long benchmark keeps what it measured.
+  """
   module = importlib.import_module(f"benchmarks.bench_{name}")
   start = time.perf_counter()
-  rows = module.run(quick=quick)
-  seconds = time.perf_counter() - start
   path = os.path.join(out_dir, f"{name}.json")
-  io.save_json(path, {"benchmark": name, "quick": quick, "seconds": seconds, "rows": rows,
-                      "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
-  print(f"benchmark {name}: {len(rows)} rows in {seconds:.0f} s -> {path}", flush=True)
+  rows = []
+
+  def save(complete: bool):
+    io.save_json(path, {"benchmark": name, "quick": quick, "seconds": time.perf_counter() - start, "rows": rows,
+                        "complete": complete,
+                        "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
+
+  for r in module.run(quick=quick):
+    rows.append(r)
+    save(False)
+    print(f"  {name}: {r.get('method')} ipc={r.get('ipc')} acc={r.get('test_accuracy_mean')} "
+          f"s/it={r.get('seconds_per_iteration')}", flush=True)
+  save(True)
+  print(f"benchmark {name}: {len(rows)} rows in {time.perf_counter() - start:.0f} s -> {path}", flush=True)
   return path
 
 
