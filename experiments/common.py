@@ -55,11 +55,33 @@ def add_common_args(parser: argparse.ArgumentParser, ipc_required: bool = True) 
   parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
   parser.add_argument("--data-dir", default=None, help="TFDS data dir (default: $JAXDISTILL_DATA_DIR)")
   parser.add_argument("--quiet", action="store_true", help="no progress bars")
+  parser.add_argument("--devices", default="1",
+                      help="devices to shard over (jaxdistill.sharding): 1 (default, single device), an "
+                           "integer k, or 'all'")
+  parser.add_argument("--distributed", action="store_true",
+                      help="multi-host: call jax.distributed.initialize first (docs/scale.md)")
+  parser.add_argument("--coordinator-address", default=None, help="with --distributed: host:port of process 0")
+  parser.add_argument("--num-processes", type=int, default=None, help="with --distributed: number of processes")
+  parser.add_argument("--process-id", type=int, default=None, help="with --distributed: this process's index")
   return parser
 
 
+def setup_devices(args):
+  """Runs ``jax.distributed.initialize`` under ``--distributed`` and returns the ``--devices`` mesh (None
+  for the single-device path); also stored as ``args.mesh`` for :func:`evaluate_set`."""
+  from jaxdistill import sharding
+  if getattr(args, "distributed", False):
+    sharding.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+  args.mesh = sharding.mesh_from_flag(getattr(args, "devices", None))
+  return args.mesh
+
+
 def load_dataset(args) -> Data:
-  """Loads the train and test splits named by ``args.dataset`` (``args.test_size`` limits the test split)."""
+  """Loads the train and test splits named by ``args.dataset`` (``args.test_size`` limits the test split).
+
+  CLIs that did not call :func:`setup_devices` yet get it here (``--distributed`` / ``--devices``)."""
+  if not hasattr(args, "mesh") and hasattr(args, "devices"):
+    setup_devices(args)
   get_spec(args.dataset)  # ValueError for unknown names before touching TFDS.
   train_x, train_y, spec = load(args.dataset, "train", data_dir=args.data_dir)
   test_x, test_y, _ = load(args.dataset, "test", data_dir=args.data_dir)
@@ -86,7 +108,8 @@ def evaluate_set(args, data: Data, images, labels, key, lr=None, arch: Optional[
   kwargs = eval_model_kwargs(args) if arch == args.eval_arch else {}
   return evaluate(images, labels, arch, key, args.eval_models, args.eval_epochs, test_images=data.test_x,
                   test_labels=data.test_y, num_classes=data.spec.num_classes, dsa=dsa, lr=lr,
-                  config=EvalConfig(), model_kwargs=kwargs, progress=not args.quiet)
+                  config=EvalConfig(), model_kwargs=kwargs, progress=not args.quiet,
+                  mesh=getattr(args, "mesh", None))
 
 
 def eval_metrics(args, result: EvalResult) -> Dict[str, Any]:

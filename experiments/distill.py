@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 import time
 
 import jax
@@ -31,6 +32,19 @@ from jaxdistill.augment import DIGIT_STRATEGY
 #     :func:`build_pixels`.
 ARG_HOOKS = []
 BUILDERS = {}
+#   HOOK_FIELDS: flag destinations added by hooks that override the objective-config field of the same name
+#     (e.g. ``--syn-steps`` -> ``syn_steps``); an objective config with a ``param_lrs()`` method supplies
+#     :attr:`jaxdistill.loop.LoopConfig.param_lrs` (MTT's lr of the learnable student lr).
+HOOK_FIELDS = set()
+#   LOOP_HOOKS[method]: ``hook(args, loop_kw) -> dict`` of LoopConfig fields a parameterisation method derives
+#     from its flags (e.g. Adam for a generator, per-parameter learning rates), applied before --config/flags;
+#   OUTPUT_HOOKS[method]: ``out(args, param, syn_state) -> (extra arrays, extra metadata)`` stored in
+#     ``synthetic.npz`` beside the rendered images (a parameterisation's own state and config).
+LOOP_HOOKS = {}
+OUTPUT_HOOKS = {}
+#   LOOP_DEFAULTS[method]: LoopConfig fields a method family sets by default (e.g. ``{"optimizer": "adam"}`` for
+#     the kernel methods), applied before ``--config`` and flags.
+LOOP_DEFAULTS = {}
 
 
 def build_pixels(args, data, obj_cfg, init, key):
@@ -99,13 +113,21 @@ def build_configs(args, spec):
   obj_over = {k: v for k, v in overrides.items() if k in obj_fields}
   if "dsa_strategy" in obj_over:
     obj_over["dsa_strategy"] = tuple(obj_over["dsa_strategy"])
-  elif spec.digits:
+  elif spec.digits and "dsa_strategy" in obj_fields:
     obj_over["dsa_strategy"] = DIGIT_STRATEGY
   if args.width is not None:
     obj_over["width"] = args.width
+  for name in sorted(HOOK_FIELDS & obj_fields):
+    if getattr(args, name, None) is not None:
+      obj_over[name] = getattr(args, name)
   obj_cfg = objectives.default_config(method, **obj_over)
   loop_kw = dict(iterations=defaults.iterations, real_per_class=defaults.real_per_class,
                  lr_img=defaults.lr_img)
+  if hasattr(obj_cfg, "param_lrs"):
+    loop_kw["param_lrs"] = obj_cfg.param_lrs()
+  loop_kw.update(LOOP_DEFAULTS.get(method, {}))
+  if args.method in LOOP_HOOKS:
+    loop_kw.update(LOOP_HOOKS[args.method](args, dict(loop_kw)))
   loop_kw.update({k: v for k, v in overrides.items() if k in loop_fields})
   for flag, field in (("iterations", "iterations"), ("real_per_class", "real_per_class"),
                       ("lr_img", "lr_img"), ("eval_every", "eval_every"), ("checkpoint_every", "checkpoint_every")):
@@ -118,6 +140,7 @@ def build_configs(args, spec):
 
 def main(argv=None) -> dict:
   args = build_parser().parse_args(argv)
+  mesh = common.setup_devices(args)  # --distributed / --devices (jaxdistill.sharding)
   io.prepare_out_dir(args.out, overwrite=args.overwrite, resume=args.resume)
   start = time.perf_counter()
   data = common.load_dataset(args)
@@ -133,10 +156,11 @@ def main(argv=None) -> dict:
   ckpt = os.path.join(args.out, "checkpoint.npz")
   result = loop.distill(objective, param, syn, data.train_x, data.train_y, spec.num_classes, k_loop,
                         loop_cfg, evaluator=evaluator, checkpoint_path=ckpt, resume=args.resume,
-                        progress=not args.quiet)
+                        progress=not args.quiet, mesh=mesh)
   batch = param.render(result.state.syn)
   distill_seconds = time.perf_counter() - start
-  final = common.evaluate_set(args, data, np.asarray(batch.images), np.asarray(batch.labels), k_eval)
+  final = common.evaluate_set(args, data, np.asarray(batch.images), np.asarray(batch.labels), k_eval,
+                              lr=batch.lr)
   its = np.arange(1, len(result.losses) + 1)
   io.save_curve(os.path.join(args.out, "loss.png"), {args.method: (its, result.losses)}, "iteration",
                 "matching loss", title=f"{args.method} ipc={args.ipc}")
@@ -150,10 +174,130 @@ def main(argv=None) -> dict:
              "evaluations": [{"iteration": i, **r.to_dict()} for i, r in result.evals],
              "distill_seconds": distill_seconds, "seconds": time.perf_counter() - start,
              "device": common.device_summary()}
-  payload = common.write_outputs(args.out, data, batch.images, batch.labels, metrics, metadata, lr=batch.lr)
+  extra = None
+  if args.method in OUTPUT_HOOKS:
+    extra, more = OUTPUT_HOOKS[args.method](args, param, result.state.syn)
+    metadata.update(more)
+  payload = common.write_outputs(args.out, data, batch.images, batch.labels, metrics, metadata, lr=batch.lr,
+                                 extra=extra)
   print(f"{args.method} ipc={args.ipc} iterations={loop_cfg.iterations}: {final}  "
         f"({result.seconds_per_iteration:.3f} s/it) -> {args.out}")
   return payload
+
+
+def _add_trajectory_args(parser):
+  """Flags of the trajectory-matching methods (mtt, tesla, mtt_l1)."""
+  g = parser.add_argument_group("trajectory matching (mtt, tesla, mtt_l1)")
+  g.add_argument("--buffer", default=None, help="expert buffer folder (python -m experiments.buffers)")
+  g.add_argument("--syn-steps", type=common.positive_int, default=None, help="N, student steps (MTT 20-80)")
+  g.add_argument("--expert-epochs", type=common.positive_int, default=None, help="M, expert epochs (2-3)")
+  g.add_argument("--max-start-epoch", type=common.positive_int, default=None, help="T+, start epochs 0..T+-1")
+  g.add_argument("--num-experts", type=common.positive_int, default=None, help="use the first N experts")
+  g.add_argument("--batch-syn", type=common.positive_int, default=None, help="synthetic mini-batch per step")
+  g.add_argument("--lr-init", type=float, default=None, help="initial learnable student lr (0.01)")
+  g.add_argument("--lr-lr", type=float, default=None, help="learning rate of the student lr (1e-5)")
+  g.add_argument("--checkpoint-unroll", dest="checkpoint", action="store_const", const=True, default=None,
+                 help="re-materialise the student unroll (less memory, more compute)")
+
+
+ARG_HOOKS.append(_add_trajectory_args)
+HOOK_FIELDS.update({"buffer", "syn_steps", "expert_epochs", "max_start_epoch", "num_experts", "batch_syn",
+                    "lr_init", "lr_lr", "checkpoint"})
+
+
+def build_trajectory(args, data, obj_cfg, init, key):
+  """MTT / TESLA: the objective on the ``--buffer`` trajectories (metadata checked against the dataset,
+  network and ZCA setting; a mismatch is refused) and a pixel set with a learnable student lr ``α₀``
+  (stored with the set and used by evaluation); TESLA's ``soft_labels`` come from an expert."""
+  from jaxdistill.objectives import trajectory_matching as tm
+
+  spec = data.spec
+  if not obj_cfg.buffer:
+    raise ValueError(f"--method {args.method} needs --buffer DIR (an expert buffer from "
+                     "`python -m experiments.buffers`).")
+  if obj_cfg.zca:
+    raise ValueError("zca=True: this CLI loads un-whitened data; distil ZCA buffers from Python with "
+                     "ZCA-whitened images (jaxdistill.experts.prepare_images).")
+  obj_cfg = dataclasses.replace(obj_cfg, dataset=args.dataset)
+  objective = tm.make_trajectory_matching(obj_cfg, num_classes=spec.num_classes, image_shape=spec.image_shape,
+                                          ipc=args.ipc, name=args.method)
+  syn = synthetic.init_pixels(key, init, data.train_x, data.train_y, spec.num_classes, args.ipc,
+                              learn_lr=obj_cfg.lr_init)
+  if obj_cfg.soft_labels:
+    soft = tm.soft_labels_from_buffer(obj_cfg, syn.params["images"], spec.num_classes, spec.image_shape)
+    syn = syn._replace(const={**syn.const, "labels": soft})
+  return objective, synthetic.PIXELS, syn
+
+
+for _name in ("mtt", "tesla", "mtt_l1"):
+  BUILDERS[_name] = build_trajectory
+
+
+def _add_kernel_args(parser):
+  try:
+    parser.add_argument("--learn-labels", dest="learn_labels", action=argparse.BooleanOptionalAction,
+                        default=None, help="kip/rfad/frepo (and other learned-label methods): learn soft labels "
+                        "(default: the method's)")
+  except argparse.ArgumentError:  # another method family already added the flag
+    pass
+
+
+ARG_HOOKS.append(_add_kernel_args)
+HOOK_FIELDS.add("learn_labels")
+
+
+def build_kernel(args, data, obj_cfg, init, key):
+  """KIP / RFAD / FRePo: a pixel set with learnable soft labels when ``learn_labels`` (``label_scale ·
+  one_hot`` at init); KIP on RGB data with ``zca`` gets a ZCA transform fitted on (up to 10 000) training images,
+  applied inside its kernel."""
+  spec = data.spec
+  zca = None
+  if args.method == "kip" and obj_cfg.zca and spec.image_shape[-1] == 3:
+    from jaxdistill.data.zca import fit_zca
+    zca = fit_zca(data.train_x[:10000], obj_cfg.zca_reg, relative=True)
+  kwargs = {"zca": zca} if zca is not None else {}
+  factory = objectives.REGISTRY[args.method].factory
+  objective = factory(obj_cfg, num_classes=spec.num_classes, image_shape=spec.image_shape, ipc=args.ipc,
+                      name=args.method, **kwargs)
+  syn = synthetic.init_pixels(key, init, data.train_x, data.train_y, spec.num_classes, args.ipc,
+                              learn_labels=obj_cfg.learn_labels, label_scale=obj_cfg.label_scale)
+  return objective, synthetic.PIXELS, syn
+
+
+for _name in ("kip", "rfad", "frepo"):
+  BUILDERS[_name] = build_kernel
+  LOOP_DEFAULTS[_name] = {"optimizer": "adam"}
+
+
+def build_bptt(args, data, obj_cfg, init, key):
+  """DD / LD (BPTT, :mod:`jaxdistill.objectives.bptt`): DD learns pixels (and the inner lr α, initialised to
+  ``inner_lr``, and soft labels with ``--learn-labels``); LD learns the soft labels of fixed real base images
+  (``labels_only``), with α learned only when ``learn_lr`` is set."""
+  from jaxdistill.synthetic.labels import initial_labels
+
+  spec = data.spec
+  objective = objectives.make_objective(args.method, obj_cfg, num_classes=spec.num_classes,
+                                        image_shape=spec.image_shape, ipc=args.ipc)
+  lr = obj_cfg.inner_lr if obj_cfg.learn_lr else None
+  if args.method == "ld":
+    syn = synthetic.init_labels(key, init, data.train_x, data.train_y, spec.num_classes, args.ipc,
+                                label_scale=obj_cfg.label_scale, label_start=obj_cfg.label_start, learn_lr=lr)
+    return objective, synthetic.LABELS_ONLY, syn
+  syn = synthetic.init_pixels(key, init, data.train_x, data.train_y, spec.num_classes, args.ipc, learn_lr=lr)
+  if obj_cfg.learn_labels:
+    labels = initial_labels(syn.const["labels"], spec.num_classes, obj_cfg.label_start, obj_cfg.label_scale)
+    syn = syn._replace(params={**syn.params, "labels": labels})
+  return objective, synthetic.PIXELS, syn
+
+
+for _name in ("dd", "ld"):
+  BUILDERS[_name] = build_bptt
+  LOOP_DEFAULTS[_name] = {"optimizer": "adam"}  # DD and LD optimise with Adam
+
+
+from experiments import generative as _generative  # noqa: E402  (glad, gendm, latentdd, haba)
+
+_generative.install(sys.modules[__name__])
 
 
 if __name__ == "__main__":

@@ -75,6 +75,7 @@ def main(argv=None) -> dict:
   args.dataset = args.dataset or meta.get("dataset")
   if not args.dataset:
     raise ValueError(f"{args.synthetic!r} has no dataset in its metadata; pass --dataset.")
+  common.setup_devices(args)  # --distributed / --devices: evaluation networks split across devices
   io.prepare_out_dir(args.out, overwrite=args.overwrite)
   data = common.load_dataset(args)
   lr = saved["lr"] if (args.use_learned_lr and saved["lr"] is not None) else None

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdistill import models, training
+from jaxdistill import models, sharding, training
 from jaxdistill.augment import DSAParams, choose_op
 from jaxdistill.progress import progress_bar
 
@@ -77,11 +77,13 @@ def _check_set(images, labels, num_classes):
 
 
 def train_models(images, labels, model, key, num_models: int, config: EvalConfig,
-                 dsa: Optional[DSAParams], lr=None, progress: bool = True, desc: str = "train"):
+                 dsa: Optional[DSAParams], lr=None, progress: bool = True, desc: str = "train", mesh=None):
   """Trains ``num_models`` fresh copies of ``model`` on ``images [N, H, W, C]`` / ``labels``.
 
   Args:
     lr: scalar or ``[num_models]`` learning rate(s) overriding ``config.lr`` (e.g. a learned α).
+    mesh: optional :class:`jax.sharding.Mesh`: the networks are split across its devices
+      (:func:`jaxdistill.sharding.model_mesh`), the training set replicated; same result as one device.
 
   Returns:
     Stacked variables of the trained models (leading axis ``num_models``).
@@ -101,6 +103,10 @@ def train_models(images, labels, model, key, num_models: int, config: EvalConfig
   data_keys = jax.random.split(k_data, num_models)
   states = jax.jit(jax.vmap(lambda k: training.init_state(model, k, image_shape, tx)))(init_keys)
   chunk = _chunk_size(epochs)
+  if mesh is not None:
+    sub = sharding.model_mesh(mesh, num_models)
+    states, data_keys, base_lr = sharding.shard_leading((states, data_keys, base_lr), sub)
+    images, labels, k_shared = sharding.replicate((images, labels, k_shared), sub)
 
   def run_model(state, data_key, lr0, shared_key, epoch0, images, labels):
     def epoch_body(state, epoch):
@@ -147,7 +153,7 @@ def test_accuracies(model, variables, test_images, test_labels, batch_size: int 
 def evaluate(images, labels, arch: str = "convnet", key=None, num_models: int = 5, epochs: int = 1000, *,
              test_images, test_labels, num_classes: Optional[int] = None, dsa: Optional[DSAParams] = None,
              lr=None, config: Optional[EvalConfig] = None, model_kwargs: Optional[dict] = None,
-             progress: bool = True) -> EvalResult:
+             progress: bool = True, mesh=None) -> EvalResult:
   """Trains ``num_models`` fresh ``arch`` networks on ``(images, labels)`` and tests them.
 
   Args:
@@ -162,6 +168,7 @@ def evaluate(images, labels, arch: str = "convnet", key=None, num_models: int = 
     dsa: DSA parameters for training-time augmentation (per-image), or None.
     lr: learning rate override — a float, or a learned α (MTT).
     config: the rest of the protocol (:class:`EvalConfig`); ``epochs`` here takes precedence.
+    mesh: optional :class:`jax.sharding.Mesh` splitting the ``num_models`` networks across devices.
 
   Returns:
     An :class:`EvalResult` with per-model accuracies and their mean ± std.
@@ -177,7 +184,7 @@ def evaluate(images, labels, arch: str = "convnet", key=None, num_models: int = 
   model = models.get_model(arch, num_classes, images.shape[1:], **(model_kwargs or {}))
   start = time.perf_counter()
   variables = train_models(images, labels, model, key, int(num_models), config, dsa, lr=lr,
-                           progress=progress, desc=f"eval {arch}")
+                           progress=progress, desc=f"eval {arch}", mesh=mesh)
   accs = test_accuracies(model, variables, test_images, test_labels, config.test_batch_size)
   seconds = time.perf_counter() - start
   return EvalResult(accs, float(accs.mean()), float(accs.std()), seconds, arch, int(epochs))

@@ -151,8 +151,11 @@ def make_step(objective: Objective, param: Parameterisation, config: LoopConfig,
     if mesh is not None:
       real = sharding.constrain_real_batch(real, mesh)
 
+    # Stochastic renders (GenDM's fresh latents) get their own per-iteration key; the split above is unchanged.
+    render = (lambda s: param.render(s, jax.random.fold_in(k, 3))) if param.needs_key else param.render
+
     def loss_fn(params):
-      syn = param.render(state.syn._replace(params=params))
+      syn = render(state.syn._replace(params=params))
       if with_data:
         return objective.loss(state.obj_state, syn, real, k_loss, data)
       return objective.loss(state.obj_state, syn, real, k_loss)
@@ -163,11 +166,13 @@ def make_step(objective: Objective, param: Parameterisation, config: LoopConfig,
     obj_state = state.obj_state
     if objective.update is not None:
       extra = (data,) if with_data else ()
-      obj_state = objective.update(obj_state, param.render(syn), k_upd, *extra)
+      obj_state = objective.update(obj_state, render(syn), k_upd, *extra)
     return LoopState(syn, opt_state, obj_state, state.step + 1), loss
 
   jitted = jax.jit(step)
   data = objective.data
+  if mesh is not None:  # global copies, so the same code runs with several processes (jax.distributed)
+    index, data = sharding.replicate((index, data), mesh)
   return lambda state, key, real_x: jitted(state, key, real_x, index, data)
 
 
@@ -269,6 +274,7 @@ def distill(objective: Objective, param: Parameterisation, syn: SynState, real_i
   if mesh is not None:
     state, real_x = sharding.replicate((state, real_x), mesh)
   step = make_step(objective, param, config, index, num_classes, mesh=mesh)
+  step_key = key if mesh is None else sharding.replicate(key, mesh)
   eval_key = jax.random.fold_in(key, 2 ** 31 - 2)
   evals = []
   pending = []
@@ -288,7 +294,7 @@ def distill(objective: Objective, param: Parameterisation, syn: SynState, real_i
                     unit="it", initial=start) as bar:
     for it in range(start, config.iterations):
       t0 = time.perf_counter()
-      state, loss = step(state, key, real_x)
+      state, loss = step(state, step_key, real_x)
       pending.append(loss)
       done = it + 1
       if it > start:  # the first step of this process includes compilation

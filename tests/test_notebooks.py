@@ -15,7 +15,8 @@ NOTEBOOKS = sorted((pathlib.Path(__file__).resolve().parents[1] / "notebooks").g
 def test_notebooks_exist_and_are_stored_without_outputs():
   nbformat = pytest.importorskip("nbformat")
   names = [p.name for p in NOTEBOOKS]
-  for required in ("01_quickstart.ipynb", "03_your_own_objective.ipynb"):
+  for required in ("01_quickstart.ipynb", "02_methods_tour.ipynb", "03_your_own_objective.ipynb",
+                   "04_generative_prior.ipynb"):
     assert required in names
   for path in NOTEBOOKS:
     nb = nbformat.read(str(path), as_version=4)

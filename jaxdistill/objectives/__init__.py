@@ -14,6 +14,12 @@ from jaxdistill.objectives.distribution_matching import (DISTANCES, Distribution
                                                          make_distribution_matching, mean_embedding_distance)
 from jaxdistill.objectives.gradient_matching import (METRICS, GMState, GradientMatchingConfig, default_loops,
                                                      make_gradient_matching, match_distance)
+from jaxdistill.objectives.trajectory_matching import (TrajectoryMatchingConfig, make_trajectory_matching,
+                                                      trajectory_distance)
+from jaxdistill.objectives.frepo import FRePoConfig, PoolState, make_frepo
+from jaxdistill.objectives.kip import KIPConfig, make_kip
+from jaxdistill.objectives.rfad import RFADConfig, make_rfad
+from jaxdistill.objectives.bptt import BPTTConfig, make_bptt, unrolled_accuracy
 
 
 class MethodDefaults(NamedTuple):
@@ -48,6 +54,27 @@ register("dm_l1", lambda: DistributionMatchingConfig(distance="l1"), make_distri
          MethodDefaults(1.0, 20000, 256, "real"))
 register("dm_bn", lambda: DistributionMatchingConfig(batchnorm=True), make_distribution_matching,
          MethodDefaults(1.0, 20000, 256, "real"))
+# Trajectory matching: no real batch is used (1 image per class keeps the loop's sampler cheap); lr_img 1000 and
+# 5000 iterations as in MTT (CIFAR-10); the student lr α has its own lr (config.lr_lr, via LoopConfig.param_lrs).
+register("mtt", TrajectoryMatchingConfig, make_trajectory_matching, MethodDefaults(1000.0, 5000, 1, "real"))
+register("tesla", lambda: TrajectoryMatchingConfig(gradient="tesla"), make_trajectory_matching,
+         MethodDefaults(1000.0, 5000, 1, "real"))
+register("mtt_l1", lambda: TrajectoryMatchingConfig(distance="l1"), make_trajectory_matching,
+         MethodDefaults(1000.0, 5000, 1, "real"))
+# Kernel / meta-model methods: Adam on the support set (the CLI's LOOP_DEFAULTS), real_per_class = target batch
+# / C (1000 targets). lr: KIP 0.01, RFAD 1e-3, FRePo 3e-4 (LAMB in FRePo); iterations: FRePo's 500k, KIP / RFAD
+# 1000 (ours; the papers train until the KRR accuracy plateaus). See docs/kernel_methods.md.
+register("kip", KIPConfig, make_kip, MethodDefaults(0.01, 1000, 100, "real"))
+register("rfad", RFADConfig, make_rfad, MethodDefaults(1e-3, 1000, 100, "real"))
+register("frepo", FRePoConfig, make_frepo, MethodDefaults(3e-4, 500000, 100, "real"))
+# BPTT (docs/bptt.md): DD — noise init, Adam 0.01 on images (the CLI's LOOP_DEFAULTS), 1024 real images per
+# iteration (~100 per class), 400 epochs over the 60k training images (~23 400 iterations), α learned from 0.02 by
+# the same Adam (lr_lr None); T = 30 inner steps (DD's 10 steps × 3 epochs, one image per class per step).
+# LD — fixed real base images, labels from uniform, Adam 1e-3 (PyTorch's default, as in the LD code), inner SGD
+# lr 0.01 (fixed), 400 epochs of 1024-image batches over LD's 50k split (~19 600 iterations).
+register("dd", lambda: BPTTConfig(batch_per_class=1), make_bptt, MethodDefaults(0.01, 23400, 100, "noise"))
+register("ld", lambda: BPTTConfig(inner_lr=0.01, learn_lr=False, learn_labels=True, label_start="uniform"),
+         make_bptt, MethodDefaults(1e-3, 19600, 100, "real"))
 
 METHODS = tuple(REGISTRY)
 
@@ -83,4 +110,6 @@ def make_objective(name: str, config=None, *, num_classes: int, image_shape, ipc
 __all__ = ["DISTANCES", "DistributionMatchingConfig", "GMState", "GradientMatchingConfig", "METHODS",
            "METRICS", "MethodDefaults", "Objective", "REGISTRY", "RealBatch", "default_config", "default_loops",
            "make_objective", "match_distance", "mean_embedding_distance", "method_defaults", "per_class",
-           "register", "siamese_augment"]
+           "register", "siamese_augment", "TrajectoryMatchingConfig", "make_trajectory_matching",
+           "trajectory_distance", "FRePoConfig", "KIPConfig", "PoolState", "RFADConfig", "make_frepo", "make_kip",
+           "make_rfad", "BPTTConfig", "make_bptt", "unrolled_accuracy"]

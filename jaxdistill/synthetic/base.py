@@ -29,10 +29,15 @@ class SynState(NamedTuple):
 
 class Parameterisation(NamedTuple):
   """A parameterisation: ``render(state) -> SyntheticBatch`` (pure, differentiable in ``state.params``) and
-  ``storage(state) -> int`` (number of stored floats, for budget comparisons)."""
+  ``storage(state) -> int`` (number of stored floats, for budget comparisons).
+
+  ``needs_key``: the render is stochastic during training (GenDM draws fresh latents every step); the loop then
+  calls ``render(state, key)`` with a per-iteration key, and ``render(state)`` (no key) gives the fixed sample
+  used for evaluation and saving."""
   name: str
-  render: Callable[[SynState], SyntheticBatch]
+  render: Callable[..., SyntheticBatch]
   storage: Callable[[SynState], int]
+  needs_key: bool = False
 
 
 def num_floats(tree) -> int:

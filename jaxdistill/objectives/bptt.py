@@ -1,0 +1,347 @@
+"""Back-propagation through time: the original Dataset Distillation (DD, Wang, Zhu, Torralba & Efros 2018),
+its momentum variant (the BPTT of "Remember the Past", RTP, Deng & Russakovsky 2022) and Label Distillation
+(LD, Bohdal, Yang & Hospedales 2020).
+
+The synthetic set ``S = (x̃, ỹ)`` and the inner learning rate ``α`` are learned so that a network trained on
+``S`` from a *fresh random initialisation* ``θ_0 ~ p(θ)`` (a new draw every outer iteration, from the key)
+classifies real data well (DD Eq. 6 / Alg. 1):
+
+    θ_{t+1} = θ_t − α_t · v_{t+1},   v_{t+1} = β · v_t + ∇_θ ℓ(x̃_{b(t)}, ỹ_{b(t)}; θ_t) + λ · θ_t,   v_0 = 0
+    L(x̃, ỹ, α) = E_{θ_0} [ ℓ(x_real, y_real; θ_T) ]
+
+with ``β = 0`` (plain SGD, DD) or ``β > 0`` (SGD with momentum, the inner optimiser of RTP), ``ℓ`` the softmax
+cross-entropy (soft targets allowed) and ``b(t) = t mod S`` the mini-batch of step ``t``: the synthetic set is
+cut into ``S = ipc / batch_per_class`` fixed class-balanced mini-batches (``batch_per_class`` images of every
+class), so ``T`` steps are ``T / S`` inner epochs over the set — DD's "steps × epochs" structure where each step
+has its own images; ``batch_per_class = 0`` uses the whole set every step. The ``T`` steps are one
+``lax.scan``; its gradient is exact BPTT (second order through every inner gradient). With ``checkpoint``
+each step is wrapped in ``jax.checkpoint``: the backward pass stores only the carried parameters of each step
+and recomputes the step's activations — memory ``O(T · |θ|)`` instead of ``O(T · activations)``.
+
+The learned ``α`` is ``SyntheticBatch.lr`` (``params["lr"]`` of :func:`jaxdistill.synthetic.init_pixels` with
+``learn_lr=``): a scalar, or a vector of ``T`` per-step rates as in DD; without it ``config.inner_lr`` is used.
+Learned soft labels (``params["labels"]``) are the targets of the inner cross-entropy (``label_transform``
+``"raw"``: ``−Σ_c ỹ_c log p_c`` as in LD's code, or ``"softmax"`` of the label vector). LD is this objective
+with the images fixed (the ``labels_only`` parameterisation, :mod:`jaxdistill.synthetic.labels`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdistill import models, training
+from jaxdistill.models.layers import check_choice
+from jaxdistill.objectives.base import Objective, RealBatch
+
+LABEL_TRANSFORMS = ("raw", "softmax")
+
+
+@dataclasses.dataclass(frozen=True)
+class BPTTConfig:
+  """DD / LD settings (defaults: the DD paper's unroll of 10 steps × 3 epochs with ``α_0 = 0.02``).
+
+  Attributes:
+    arch, width, depth: the inner network (ConvNet-128; depth from the image size when None).
+    inner_steps: ``T``, SGD steps unrolled per outer iteration.
+    batch_per_class: images of each class per inner step (0: the whole synthetic set every step); must
+      divide the IPC.
+    inner_lr: the inner learning rate when the synthetic set carries no learned one.
+    inner_momentum: ``β`` of the inner SGD (0: plain SGD as in DD; e.g. 0.9 for RTP-style momentum).
+    weight_decay: ``λ``, L2 coefficient of the inner SGD.
+    num_models: fresh initialisations per outer iteration (the loss is their mean; vmapped).
+    checkpoint: ``jax.checkpoint`` each inner step (recompute activations in the backward pass).
+    scan_unroll: inner steps per iteration of the compiled scan (:func:`unroll`); XLA:CPU runs convolutions
+      inside loop bodies far slower than in straight-line code (measured ~20× for a ConvNet-32 step), so a
+      partial unroll trades compile time for speed; 1 = a plain rolled scan.
+    label_transform: how soft labels become targets: ``"raw"`` or ``"softmax"``; hard labels are one-hot.
+    learn_lr: the synthetic set carries a learnable ``α`` initialised to ``inner_lr`` (DD: yes; LD: no).
+    learn_labels: learnable soft labels (always on for LD), initialised by ``label_start`` (``"one_hot"`` or
+      ``"uniform"``, the LD code's start) times ``label_scale``.
+    lr_lr, lr_labels: the outer learning rates of ``α`` and of the soft labels (None: the image lr);
+      :meth:`param_lrs` hands them to :attr:`jaxdistill.loop.LoopConfig.param_lrs`.
+  """
+  arch: str = "convnet"
+  width: int = 128
+  depth: Optional[int] = None
+  inner_steps: int = 30
+  batch_per_class: int = 0
+  inner_lr: float = 0.02
+  inner_momentum: float = 0.0
+  weight_decay: float = 0.0
+  num_models: int = 1
+  checkpoint: bool = False
+  scan_unroll: int = 10
+  label_transform: str = "raw"
+  learn_lr: bool = True
+  learn_labels: bool = False
+  label_start: str = "one_hot"
+  label_scale: float = 1.0
+  lr_lr: Optional[float] = None
+  lr_labels: Optional[float] = None
+
+  def validate(self):
+    check_choice("arch", self.arch, models.ARCHITECTURES)
+    check_choice("label_transform", self.label_transform, LABEL_TRANSFORMS)
+    check_choice("label_start", self.label_start, ("one_hot", "uniform"))
+    for name in ("checkpoint", "learn_lr", "learn_labels"):
+      if not isinstance(getattr(self, name), (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
+    for name in ("width", "inner_steps", "num_models", "scan_unroll"):
+      v = getattr(self, name)
+      if not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {v!r}.")
+    if self.depth is not None and (not isinstance(self.depth, (int, np.integer)) or self.depth < 1):
+      raise ValueError(f"depth must be None or an integer >= 1, got {self.depth!r}.")
+    if not isinstance(self.batch_per_class, (int, np.integer)) or self.batch_per_class < 0:
+      raise ValueError("batch_per_class must be an integer >= 0 (0 = whole set), got "
+                       f"{self.batch_per_class!r}.")
+    if not (isinstance(self.inner_lr, (int, float)) and self.inner_lr > 0):
+      raise ValueError(f"inner_lr must be a number > 0, got {self.inner_lr!r}.")
+    if not 0.0 <= self.inner_momentum < 1.0:
+      raise ValueError(f"inner_momentum must be in [0, 1), got {self.inner_momentum!r}.")
+    if not self.weight_decay >= 0.0:
+      raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}.")
+    for name in ("lr_lr", "lr_labels"):
+      v = getattr(self, name)
+      if v is not None and not (isinstance(v, (int, float)) and v > 0):
+        raise ValueError(f"{name} must be None (the image lr) or a number > 0, got {v!r}.")
+    if not (isinstance(self.label_scale, (int, float)) and self.label_scale > 0):
+      raise ValueError(f"label_scale must be a number > 0, got {self.label_scale!r}.")
+    return self
+
+  def param_lrs(self):
+    """Outer learning rates of the learned lr and labels, ``{"lr": lr_lr, "labels": lr_labels}`` (entries
+    left at None are omitted: they follow the image lr)."""
+    out = {}
+    if self.lr_lr is not None:
+      out["lr"] = float(self.lr_lr)
+    if self.lr_labels is not None:
+      out["labels"] = float(self.lr_labels)
+    return out or None
+
+
+class InnerState(NamedTuple):
+  """The carry of the unroll: ``params`` (the trained pytree), ``velocity`` (momentum buffer, None for plain
+  SGD) and ``extra`` (other model collections, e.g. batch-norm statistics; may be an empty dict)."""
+  params: Any
+  velocity: Any
+  extra: Any
+
+
+def sgd_step(loss_fn: Callable, state: InnerState, x, y, lr, momentum: float = 0.0,
+             weight_decay: float = 0.0):
+  """One inner step ``θ ← θ − α (β v + ∇θ ℓ(θ; x, y) + λ θ)`` (PyTorch-style momentum, DD Eq. 6 for β = 0).
+
+  Args:
+    loss_fn: ``loss_fn(params, extra, x, y) -> (loss, new_extra)``.
+    state: the current :class:`InnerState` (``velocity`` None when ``momentum == 0``).
+    lr: scalar step size ``α`` (traced: differentiable).
+
+  Returns:
+    ``(new_state, loss)`` with the loss before the update.
+  """
+  (loss, extra), g = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.extra, x, y)
+  if weight_decay:
+    g = jax.tree_util.tree_map(lambda gi, p: gi + weight_decay * p, g, state.params)
+  velocity = None
+  if momentum:
+    velocity = jax.tree_util.tree_map(lambda v, gi: momentum * v + gi, state.velocity, g)
+    g = velocity
+  params = jax.tree_util.tree_map(lambda p, gi: p - lr * gi, state.params, g)
+  return InnerState(params, velocity, extra), loss
+
+
+def unroll(loss_fn: Callable, params, batches_x, batches_y, lrs, *, extra=None, momentum: float = 0.0,
+           weight_decay: float = 0.0, checkpoint: bool = False, scan_unroll: int = 1):
+  """``T = len(lrs)`` inner steps (:func:`sgd_step`) in one ``lax.scan``; step ``t`` uses mini-batch
+  ``t mod S``.
+
+  Args:
+    loss_fn: ``loss_fn(params, extra, x, y) -> (loss, new_extra)``.
+    params: initial parameters ``θ_0`` (pytree).
+    batches_x: ``[S, B, ...]`` mini-batches of inputs; batches_y: ``[S, B]`` int or ``[S, B, C]`` soft targets.
+    lrs: ``[T]`` step sizes.
+    extra: other carried model state (default: ``{}``).
+    checkpoint: wrap each step in ``jax.checkpoint`` (rematerialise its activations in the backward pass).
+    scan_unroll: steps per iteration of the compiled loop (``lax.scan(unroll=)``; ``T``: straight-line code,
+      faster on XLA:CPU, whose convolutions inside loop bodies are much slower, at a longer compile).
+
+  Returns:
+    ``(InnerState after T steps, losses [T])`` — ``losses[t]`` is the mini-batch loss at ``θ_t``.
+  """
+  num_batches = batches_x.shape[0]
+  velocity = jax.tree_util.tree_map(jnp.zeros_like, params) if momentum else None
+  init = InnerState(params, velocity, {} if extra is None else extra)
+
+  def step(state, inp):
+    t, lr = inp
+    if num_batches == 1:
+      x, y = batches_x[0], batches_y[0]
+    else:
+      b = t % num_batches
+      x = jax.lax.dynamic_index_in_dim(batches_x, b, keepdims=False)
+      y = jax.lax.dynamic_index_in_dim(batches_y, b, keepdims=False)
+    return sgd_step(loss_fn, state, x, y, lr, momentum, weight_decay)
+
+  if checkpoint:
+    step = jax.checkpoint(step, prevent_cse=False)
+  steps = jnp.arange(lrs.shape[0], dtype=jnp.int32)
+  return jax.lax.scan(step, init, (steps, lrs), unroll=max(1, min(int(scan_unroll), lrs.shape[0])))
+
+
+def minibatches(images, labels, num_classes: int, batch_per_class: int):
+  """Cuts a class-major set ``images [C·ipc, ...]`` / ``labels [C·ipc(, C)]`` into ``S = ipc / k`` class-balanced
+  mini-batches ``[S, C·k, ...]`` (batch ``s`` holds images ``s·k … s·k + k − 1`` of every class); ``k = 0``: one
+  batch of the whole set.
+
+  Raises:
+    ValueError: ``k`` does not divide the IPC, or the set is not ``num_classes · ipc`` images.
+  """
+  n = images.shape[0]
+  if n % num_classes:
+    raise ValueError(f"{n} synthetic images are not a class-major set of {num_classes} classes.")
+  ipc = n // num_classes
+  k = batch_per_class or ipc
+  if ipc % k:
+    raise ValueError(f"batch_per_class must divide the images per class ({ipc}), got {batch_per_class}.")
+  s = ipc // k
+
+  def cut(a):
+    a = a.reshape((num_classes, s, k) + a.shape[1:])
+    return jnp.swapaxes(a, 0, 1).reshape((s, num_classes * k) + a.shape[3:])
+
+  return cut(images), cut(labels)
+
+
+def step_sizes(lr, default: float, steps: int, dtype=jnp.float32):
+  """``[T]`` step sizes from a learned ``lr`` (None -> ``default``; scalar -> repeated; ``[T]`` -> per step).
+
+  Raises:
+    ValueError: a vector of the wrong length.
+  """
+  if lr is None:
+    return jnp.full((steps,), default, dtype)
+  lr = jnp.asarray(lr)
+  if lr.ndim == 0:
+    return jnp.broadcast_to(lr, (steps,)).astype(dtype)
+  if lr.shape != (steps,):
+    raise ValueError(f"a learned lr must be a scalar or one per inner step [{steps}], got shape {lr.shape}.")
+  return lr.astype(dtype)
+
+
+def _model(config: BPTTConfig, num_classes: int, image_shape):
+  kwargs = {"width": config.width} if config.arch in ("convnet", "convnet_bn", "mlp") else {}
+  if config.depth is not None:
+    kwargs["depth"] = config.depth
+  return models.get_model(config.arch, num_classes, tuple(image_shape), **kwargs)
+
+
+class InnerTrainer(NamedTuple):
+  """The inner loop of an objective, usable on its own (evaluation in DD's protocol, tests).
+
+  ``train(images, labels, lr, key) -> (variables, inner_losses [T])``: a fresh network from ``key`` trained
+  by the unroll (parameters in the images' dtype); ``model`` the Flax module; ``num_steps`` ``T``.
+  """
+  train: Callable
+  model: Any
+  num_steps: int
+
+
+def make_inner_trainer(config: BPTTConfig, *, num_classes: int, image_shape) -> InnerTrainer:
+  """The differentiable inner training of :func:`make_bptt` (see the module docstring)."""
+  config.validate()
+  image_shape = tuple(image_shape)
+  model = _model(config, num_classes, image_shape)
+
+  def loss_fn(params, extra, x, y):
+    logits, new_vars = models.apply(model, {**extra, "params": params}, x, train=True)
+    return training.cross_entropy(logits, y), {k: v for k, v in new_vars.items() if k != "params"}
+
+  def targets(labels, dtype):
+    if labels.ndim == 1:
+      return jax.nn.one_hot(labels, num_classes, dtype=dtype)
+    labels = labels.astype(dtype)
+    return jax.nn.softmax(labels, axis=-1) if config.label_transform == "softmax" else labels
+
+  def train(images, labels, lr, key):
+    dtype = images.dtype
+    variables = models.init_variables(model, key, image_shape)
+    variables = jax.tree_util.tree_map(
+        lambda v: v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v, variables)
+    params = variables["params"]
+    extra = {k: v for k, v in variables.items() if k != "params"}
+    lrs = step_sizes(lr, config.inner_lr, config.inner_steps, dtype)
+    bx, by = minibatches(images, targets(labels, dtype), num_classes, config.batch_per_class)
+    state, losses = unroll(loss_fn, params, bx, by, lrs, extra=extra, momentum=config.inner_momentum,
+                           weight_decay=config.weight_decay, checkpoint=config.checkpoint,
+                           scan_unroll=config.scan_unroll)
+    return {**state.extra, "params": state.params}, losses
+
+  return InnerTrainer(train, model, int(config.inner_steps))
+
+
+def make_bptt(config: BPTTConfig, *, num_classes: int, image_shape, ipc: int, name: str = "dd") -> Objective:
+  """Builds the DD / LD objective (stateless: every loss draws ``num_models`` fresh networks from its key).
+
+  ``loss(state, syn, real, key)``: ``syn`` class-major ``[C·ipc, ...]`` with hard or soft labels and optional
+  learned ``lr``; ``real`` a :class:`RealBatch` ``[C, n, ...]`` (flattened to ``C·n`` images). Returns the
+  mean real cross-entropy of the unrolled networks and aux ``{"inner_loss": [num_models] synthetic loss at
+  θ_{T−1}, "real_accuracy": [num_models]}``.
+
+  Raises:
+    ValueError: invalid config, or ``batch_per_class`` not dividing ``ipc``.
+  """
+  config.validate()
+  k = config.batch_per_class or ipc
+  if ipc % k:
+    raise ValueError(f"batch_per_class must divide the images per class ({ipc}), got "
+                     f"{config.batch_per_class}.")
+  trainer = make_inner_trainer(config, num_classes=num_classes, image_shape=image_shape)
+
+  def init(key):
+    return {}
+
+  def loss(state, syn, real: RealBatch, key):
+    rx = real.images.reshape((-1,) + real.images.shape[2:]).astype(syn.images.dtype)
+    ry = real.labels.reshape(-1)
+
+    def one(k):
+      variables, inner = trainer.train(syn.images, syn.labels, syn.lr, k)
+      logits, _ = models.apply(trainer.model, variables, rx, train=True)
+      return (training.cross_entropy(logits, ry), inner[-1],
+              jnp.mean((jnp.argmax(logits, -1) == ry).astype(jnp.float32)))
+
+    keys = jax.random.split(key, config.num_models)
+    if config.num_models == 1:  # no vmap: batched parameters turn convolutions into grouped ones (slow on CPU)
+      losses, inner, acc = jax.tree_util.tree_map(lambda v: v[None], one(keys[0]))
+    else:
+      losses, inner, acc = jax.vmap(one)(keys)
+    return jnp.mean(losses), {"inner_loss": inner, "real_accuracy": acc}
+
+  return Objective(name, init, loss, None, config)
+
+
+def unrolled_accuracy(config: BPTTConfig, batch, key, test_images, test_labels, num_classes: int,
+                      num_models: int = 5, batch_size: int = 1000) -> np.ndarray:
+  """DD's own evaluation: ``num_models`` fresh networks trained by the ``T``-step unroll on ``batch`` (a
+  :class:`~jaxdistill.synthetic.SyntheticBatch`, learned lr included), then tested.
+
+  Returns:
+    Test accuracies ``[num_models]`` (fractions).
+  """
+  images = jnp.asarray(batch.images, jnp.float32)
+  trainer = make_inner_trainer(config, num_classes=num_classes, image_shape=images.shape[1:])
+  lr = None if batch.lr is None else jnp.asarray(batch.lr, jnp.float32)
+
+  @jax.jit
+  def one(k, x, y):
+    variables, _ = trainer.train(images, jnp.asarray(batch.labels), lr, k)
+    return training.accuracy(trainer.model, variables, x, y, batch_size)
+
+  x, y = jnp.asarray(test_images, jnp.float32), jnp.asarray(test_labels)
+  # One compiled program, called per model from the host (a loop inside jit would slow XLA:CPU's convolutions).
+  return np.asarray([float(one(k, x, y)) for k in jax.random.split(key, num_models)])

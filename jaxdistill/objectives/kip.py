@@ -1,0 +1,170 @@
+"""KIP: Kernel Inducing Points (Nguyen, Chen & Lee, ICLR 2021; KIP-ConvNet, NeurIPS 2021).
+
+The support set ``(X_s, y_s)`` (images, and labels when learned) is fitted so that kernel ridge regression with
+an infinite-width NTK / NNGP (:mod:`jaxdistill.kernels`, neural-tangents ``stax``) predicts a real target batch:
+
+    L(X_s, y_s) = ½ · mean_t ‖ K_ts (K_ss + λ·tr(K_ss)/n·I)⁻¹ y_s − y_t ‖²           (KIP Eq. 2 / Alg. 1)
+
+with Adam on the support set (the loop's ``LoopConfig(optimizer="adam")``; the CLI sets it). The class-balanced
+real batch ``[C, n, ...]`` of the loop is flattened to ``C·n`` targets with one-hot labels. Labels are learned
+when the synthetic state carries ``params["labels"]`` (``init_pixels(..., learn_labels=True)``).
+
+ZCA (KIP whitens RGB data): when the factory gets a fitted :class:`~jaxdistill.data.zca.ZCA`, it is applied to
+real and synthetic images inside the kernel's input map (the whitening matrix lives in ``Objective.data``), so
+the stored images stay in the library's normalised space and the finite-network evaluation is unchanged.
+
+Evaluation: :func:`krr_test_accuracy` (KRR with the same kernel on the test set, batched with ``nt.batch``) and
+finite networks through :func:`jaxdistill.evaluate.evaluate` (soft labels via :func:`labels_for_training`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdistill import kernels
+from jaxdistill.objectives import krr
+from jaxdistill.objectives.base import Objective
+
+
+@dataclasses.dataclass(frozen=True)
+class KIPConfig:
+  """KIP settings (paper defaults: FC3 NTK, ``W_std² = 2``, ``b_std² = 0.01``, λ = 1e-6 relative to
+  ``tr(K_ss)/n``, MSE, learned labels, Adam lr 0.01 — the lr lives in the registry's MethodDefaults).
+
+  Attributes:
+    arch, kind, depth, W_std, b_std, pooling: the kernel (:class:`jaxdistill.kernels.KernelConfig`).
+    reg: KRR regulariser λ (relative).
+    loss: ``"mse"`` (KIP) or ``"platt"``.
+    learn_labels, label_scale: whether the CLI/bench initialise learnable labels (``label_scale · one_hot``).
+    zca, zca_reg: whiten RGB data (fitted by the CLI builder on the training split; ignored for grayscale).
+    target_chunk: compute the target rows of ``K_ts`` in chunks of this size (0: all at once).
+    dtype: KRR solve precision (``"float32"``, or ``"float64"`` with ``jax_enable_x64``).
+  """
+  arch: str = "fc"
+  kind: str = "ntk"
+  depth: Optional[int] = None
+  W_std: float = float(np.sqrt(2.0))
+  b_std: float = 0.1
+  pooling: str = "avg"
+  reg: float = 1e-6
+  loss: str = "mse"
+  learn_labels: bool = True
+  label_scale: float = 1.0
+  zca: bool = True
+  zca_reg: float = 0.1
+  target_chunk: int = 0
+  dtype: str = "float32"
+
+  def kernel(self) -> kernels.KernelConfig:
+    return kernels.KernelConfig(arch=self.arch, kind=self.kind, depth=self.depth, W_std=self.W_std,
+                                b_std=self.b_std, pooling=self.pooling)
+
+  def validate(self):
+    self.kernel().validate()
+    if self.loss not in krr.LOSSES:
+      raise ValueError(f"loss must be one of {list(krr.LOSSES)}, got {self.loss!r}.")
+    if self.dtype not in krr.DTYPES:
+      raise ValueError(f"dtype must be one of {list(krr.DTYPES)}, got {self.dtype!r}.")
+    if not self.reg > 0:
+      raise ValueError(f"reg must be > 0, got {self.reg!r}.")
+    if not self.label_scale > 0:
+      raise ValueError(f"label_scale must be > 0, got {self.label_scale!r}.")
+    if not self.zca_reg > 0:
+      raise ValueError(f"zca_reg must be > 0, got {self.zca_reg!r}.")
+    if int(self.target_chunk) < 0:
+      raise ValueError(f"target_chunk must be >= 0, got {self.target_chunk!r}.")
+    return self
+
+
+def support_labels(labels, num_classes: int):
+  """Regression labels ``[n, C]`` of the support set: learned soft labels as they are, hard labels one-hot."""
+  if labels.ndim == 2:
+    return labels.astype(jnp.float32)
+  return krr.target_labels(labels, num_classes)
+
+
+def labels_for_training(labels) -> np.ndarray:
+  """Learned KRR labels as training targets for finite networks (cross-entropy needs distributions):
+  negatives clipped, rows renormalised; a row with no positive entry becomes one-hot at its argmax. Hard
+  labels ``[n]`` are returned unchanged."""
+  labels = np.asarray(labels)
+  if labels.ndim == 1:
+    return labels
+  p = np.clip(labels.astype(np.float64), 0.0, None)
+  s = p.sum(-1, keepdims=True)
+  onehot = np.eye(labels.shape[1])[labels.argmax(-1)]
+  return np.where(s > 0, p / np.where(s > 0, s, 1.0), onehot).astype(np.float32)
+
+
+def whiten_fn(zca_data):
+  """``x -> ZCA(x)`` from ``{"zca_mean": [D], "zca_whiten": [D, D]}`` (or the identity for None)."""
+  if zca_data is None:
+    return lambda x: x
+
+  def whiten(x):
+    n = x.shape[0]
+    flat = x.reshape(n, -1) - zca_data["zca_mean"]
+    return (flat @ zca_data["zca_whiten"]).reshape(x.shape)
+  return whiten
+
+
+def make_kip(config: KIPConfig, *, num_classes: int, image_shape, ipc: int, name: str = "kip",
+             zca=None) -> Objective:
+  """Builds the KIP objective (stateless).
+
+  Args:
+    config: :class:`KIPConfig`.
+    zca: an optional fitted :class:`jaxdistill.data.zca.ZCA` (RGB data); stored in ``Objective.data``.
+
+  Raises:
+    ImportError: neural-tangents cannot be imported (the message says why).
+  """
+  config.validate()
+  image_shape = tuple(image_shape)
+  kfn = kernels.make_kernel_fn(config.kernel(), num_classes, image_shape, int(config.target_chunk))
+  data = None
+  if zca is not None:
+    data = {"zca_mean": jnp.asarray(zca.mean), "zca_whiten": jnp.asarray(zca.whiten)}
+
+  def init(key):
+    return {}
+
+  def loss(state, syn, real, key, data=None):
+    """KIP loss; real ``[C, n, ...]`` flattened to ``C·n`` targets. aux: target accuracy of the KRR."""
+    whiten = whiten_fn(data)
+    xt, lt, yt = krr.flatten_real(real, num_classes)
+    xs, xt = whiten(syn.images), whiten(xt)
+    ys = support_labels(syn.labels, num_classes)
+    pred = krr.krr_predict(kfn(xt, xs), kfn(xs, xs), ys, config.reg, config.dtype)
+    value, _ = krr.krr_loss(pred, yt if config.loss == "mse" else lt, config.loss)
+    return value, {"accuracy": krr.krr_accuracy(pred, lt)}
+
+  return Objective(name, init, loss, None, config, data)
+
+
+def krr_test_accuracy(config: KIPConfig, images, labels, test_images, test_labels, num_classes: int, *,
+                      zca=None, batch_size: int = 100) -> float:
+  """Test accuracy (fraction) of KRR with ``config``'s kernel from the support set ``(images, labels)``:
+  ``argmax K_test,s (K_ss + λ tr/n I)⁻¹ y_s`` against ``test_labels``; kernels computed in
+  ``batch_size`` blocks with ``nt.batch`` (host memory), solved in float64 on the host."""
+  whiten = whiten_fn(None if zca is None else {"zca_mean": jnp.asarray(zca.mean),
+                                               "zca_whiten": jnp.asarray(zca.whiten)})
+  kfn = kernels.batched_kernel_fn(config.kernel(), num_classes, tuple(np.shape(images)[1:]), batch_size)
+  xs = whiten(jnp.asarray(images, jnp.float32))
+  k_ss = np.asarray(kfn(xs, xs), np.float64)
+  ys = np.asarray(support_labels(jnp.asarray(labels), num_classes), np.float64)
+  n = k_ss.shape[0]
+  a = k_ss + config.reg * np.trace(k_ss) / n * np.eye(n)
+  alpha = np.linalg.solve(0.5 * (a + a.T), ys)
+  correct = 0
+  test_images = np.asarray(test_images, np.float32)
+  test_labels = np.asarray(test_labels)
+  chunk = 10 * int(batch_size)
+  for i in range(0, len(test_images), chunk):
+    xt = whiten(jnp.asarray(test_images[i:i + chunk]))
+    pred = np.asarray(kfn(xt, xs), np.float64) @ alpha
+    correct += int(np.sum(pred.argmax(-1) == test_labels[i:i + chunk]))
+  return correct / len(test_images)

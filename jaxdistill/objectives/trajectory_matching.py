@@ -1,0 +1,380 @@
+"""Trajectory matching: Dataset Distillation by Matching Training Trajectories (MTT, Cazenavette et al.,
+CVPR 2022), TESLA's constant-memory gradient (Cui et al., ICML 2023), and the L1 / parameter-pruning variants.
+
+Loss (MTT Eq. 2 / Alg. 1): sample an expert trajectory ``θ*`` (flattened parameters ``[T + 1, P]``, one row per
+epoch, :mod:`jaxdistill.experts`) and a start epoch ``t ∈ {0, …, T⁺ − 1}`` (``randint(0, T⁺)`` as in the
+reference code). A student starts at ``θ̂_0 = θ*_t`` and takes ``N`` SGD steps on synthetic mini-batches
+``b_i`` (a fresh mini-batch and a fresh per-image DSA draw every step) with the learnable learning rate ``α``:
+
+    θ̂_{i+1} = θ̂_i − α ∇_θ ℓ(A_i(X_{b_i}); θ̂_i)                                     (MTT Eq. 1)
+    L = ‖θ̂_N − θ*_{t+M}‖² / ‖θ*_t − θ*_{t+M}‖²                                      (MTT Eq. 2)
+
+(``distance="l1"``: ``‖·‖₁ / ‖·‖₁``, the generative-distillation thesis' variant). The gradient w.r.t. the
+images and ``α`` goes through the whole unroll (``lax.scan``); ``checkpoint=True`` re-materialises it in
+segments of ``k ≈ √N`` steps (``jax.checkpoint`` on segments and steps), so backward memory holds ``O(N/k + k)``
+parameter vectors and one step's activations instead of ``N`` steps' activations.
+
+TESLA (``gradient="tesla"``, Cui et al. Sec. 4.1): writing ``θ̂_N = θ̂_0 − α Σ_i g_i`` with
+``g_i = ∇_θ ℓ(A_i(X_{b_i}); θ̂_i)``, the gradient is computed in two passes — pass 1 runs the student to
+``θ̂_N`` keeping nothing; pass 2 re-runs it and accumulates ``−α λᵀ ∂g_i/∂X`` and ``−λᵀ g_i`` (for ``α``) with
+``λ = ∂L/∂θ̂_N`` fixed — so memory does not depend on ``N``. This treats each ``θ̂_i`` as a constant (TESLA's
+Eq. 5–6): it equals the full-unroll gradient exactly for ``N = 1``, and for ``N > 1`` it equals the full-unroll
+gradient of the same loss with ``θ̂_i`` stopped at the input of each step (``first_order=True`` in
+:func:`student_unroll`); the terms it drops, ``Σ_{j>i} ∂g_j/∂θ ∂θ̂_j/∂X_{b_i}``, are ``O(α)`` relative to the
+kept ones. ``soft_labels``: TESLA's labels assigned by an expert (:func:`expert_soft_labels`).
+
+Parameter pruning (``prune = p > 0``, from the generative-distillation thesis / "Dataset Distillation using
+Parameter Pruning"): in each iteration the fraction ``p`` of parameters hardest to match — the largest
+``|θ̂_N − θ*_{t+M}|`` — is dropped from numerator and denominator (threshold = the ``1 − p`` quantile,
+computed on stopped values).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Dict, NamedTuple, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdistill import experts, models, training
+from jaxdistill.augment import DEFAULT_STRATEGY, OPS, DSAParams, apply_op, choose_op
+from jaxdistill.models.layers import check_choice
+from jaxdistill.objectives.base import Objective, RealBatch
+
+DISTANCES = ("l2", "l1")
+GRADIENTS = ("unroll", "tesla")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrajectoryMatchingConfig:
+  """MTT / TESLA settings (defaults: MTT's CIFAR-10 IPC 10 values, METHODS.md).
+
+  Attributes:
+    buffer: folder of the expert buffer (:mod:`jaxdistill.experts`); the factory loads and checks it unless
+      trajectories are passed to it directly.
+    dataset: if set, the buffer's dataset must be this one.
+    arch, width, depth: the student network; must be the experts' network (checked against the buffer).
+    syn_steps: N, student steps per iteration (paper 20–80; CIFAR-10: 50 / 30 / 30 at IPC 1 / 10 / 50).
+    expert_epochs: M, expert epochs matched (2–3).
+    max_start_epoch: T⁺, start epochs ``0 … T⁺ − 1`` (CIFAR-10: 2 / 20 / 40).
+    num_experts: load only the first this many trajectories (None: all).
+    batch_syn: synthetic mini-batch per student step (None: the whole set).
+    lr_init: α₀ = 0.01, the student learning rate used when the synthetic set has no learned ``lr``.
+    lr_lr: learning rate of α (1e-5 … 1e-7); the distillation loop applies it to ``params["lr"]``
+      (:meth:`param_lrs`).
+    distance: ``"l2"`` (MTT) or ``"l1"``.
+    gradient: ``"unroll"`` (back-propagation through the ``lax.scan``) or ``"tesla"`` (two passes).
+    checkpoint: with ``"unroll"``, re-materialise steps (√N segments) to cut memory.
+    prune: fraction of parameters (hardest to match) dropped from the loss each iteration, in [0, 1).
+    soft_labels, label_temperature, label_epoch: TESLA's expert soft labels (used by the set builder,
+      :func:`expert_soft_labels`; ``label_epoch`` None = the experts' last epoch).
+    zca: the buffer's ZCA flag must equal this (ZCA on for RGB data in MTT).
+    dsa, dsa_strategy: per-step DSA of the student's mini-batches (on in MTT; no flip for digits).
+  """
+  buffer: Optional[str] = None
+  dataset: Optional[str] = None
+  arch: str = "convnet"
+  width: int = 128
+  depth: Optional[int] = None
+  syn_steps: int = 30
+  expert_epochs: int = 2
+  max_start_epoch: int = 20
+  num_experts: Optional[int] = None
+  batch_syn: Optional[int] = None
+  lr_init: float = 0.01
+  lr_lr: float = 1e-5
+  distance: str = "l2"
+  gradient: str = "unroll"
+  checkpoint: bool = False
+  prune: float = 0.0
+  soft_labels: bool = False
+  label_temperature: float = 1.0
+  label_epoch: Optional[int] = None
+  zca: bool = False
+  dsa: bool = True
+  dsa_strategy: Tuple[str, ...] = DEFAULT_STRATEGY
+
+  def validate(self):
+    check_choice("arch", self.arch, models.ARCHITECTURES)
+    check_choice("distance", self.distance, DISTANCES)
+    check_choice("gradient", self.gradient, GRADIENTS)
+    for name in ("width", "syn_steps", "expert_epochs", "max_start_epoch"):
+      v = getattr(self, name)
+      if not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {v!r}.")
+    for name in ("depth", "num_experts", "batch_syn"):
+      v = getattr(self, name)
+      if v is not None and (not isinstance(v, (int, np.integer)) or v < 1):
+        raise ValueError(f"{name} must be None or an integer >= 1, got {v!r}.")
+    if self.label_epoch is not None and int(self.label_epoch) < 0:
+      raise ValueError(f"label_epoch must be None or an integer >= 0, got {self.label_epoch!r}.")
+    for name in ("lr_init", "lr_lr", "label_temperature"):
+      if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
+        raise ValueError(f"{name} must be a number > 0, got {getattr(self, name)!r}.")
+    if not 0.0 <= self.prune < 1.0:
+      raise ValueError(f"prune must be in [0, 1) (fraction of parameters dropped), got {self.prune!r}.")
+    if self.checkpoint and self.gradient == "tesla":
+      raise ValueError("checkpoint applies to gradient='unroll'; gradient='tesla' already uses constant "
+                       "memory (set checkpoint=False).")
+    for op in self.dsa_strategy:
+      if op not in OPS:
+        raise ValueError(f"dsa_strategy entries must be in {list(OPS)}, got {op!r}.")
+    return self
+
+  def model_kwargs(self) -> Dict[str, Any]:
+    return experts.model_kwargs(self.arch, self.width, self.depth)
+
+  def max_epoch(self) -> int:
+    """The last expert epoch distillation reads: ``T⁺ − 1 + M``."""
+    return int(self.max_start_epoch) - 1 + int(self.expert_epochs)
+
+  def param_lrs(self) -> Dict[str, float]:
+    """Per-parameter learning rates for the distillation loop: ``{"lr": lr_lr}`` (α's own optimiser)."""
+    return {"lr": float(self.lr_lr)}
+
+
+def segment_length(n: int) -> int:
+  """Checkpoint segment length for ``n`` steps: the largest divisor of ``n`` not above ``√n``."""
+  limit = max(1, int(math.isqrt(int(n))))
+  return max(d for d in range(1, limit + 1) if n % d == 0)
+
+
+class Student(NamedTuple):
+  """The student of one objective: ``step(θ [P], i, images, labels, lr, key) -> θ'`` (one SGD step on the
+  ``i``-th mini-batch, MTT Eq. 1) and ``unflatten`` (flat vector -> Flax params)."""
+  step: Any
+  unflatten: Any
+  num_params: int
+  model: Any
+
+
+def make_student(model, image_shape, num_images: int, batch_syn: Optional[int],
+                 dsa: Optional[DSAParams]) -> Student:
+  """Builds the student step for a synthetic set of ``num_images`` images.
+
+  Mini-batches: with ``k_steps, k_perm = split(key)``, the set is shuffled once per pass
+  (``permutation(fold_in(k_perm, i // per_pass))``) and cut into ``per_pass = num_images // batch_syn``
+  consecutive chunks (the reference code's ``indices_chunks``); step ``i`` draws a DSA operation and per-image
+  parameters from ``fold_in(k_steps, i)``.
+  """
+  unflatten, num_params, _ = experts.unflattener(model, image_shape)
+  n = int(num_images)
+  bs = n if batch_syn is None else min(int(batch_syn), n)
+  per_pass = n // bs
+
+  def ce(theta, x, y):
+    logits, _ = models.apply(model, {"params": unflatten(theta)}, x, train=True)
+    return training.cross_entropy(logits, y)
+
+  def step(theta, i, images, labels, lr, key):
+    k_steps, k_perm = jax.random.split(key)
+    k_aug = jax.random.fold_in(k_steps, i)
+    if bs == n:
+      x, y = images, labels
+    else:
+      perm = jax.random.permutation(jax.random.fold_in(k_perm, i // per_pass), n)
+      idx = jax.lax.dynamic_slice(perm, ((i % per_pass) * bs,), (bs,))
+      x, y = images[idx], labels[idx]
+    if dsa is not None:
+      k_op, k_par = jax.random.split(k_aug)
+      x = apply_op(choose_op(k_op, dsa), k_par, x, dsa, per_image=True)
+    return theta - lr * jax.grad(ce)(theta, x, y)
+
+  return Student(step, unflatten, num_params, model)
+
+
+def student_unroll(student: Student, theta0, images, labels, lr, key, num_steps: int,
+                   checkpoint: bool = False, first_order: bool = False):
+  """``θ̂_N`` after ``num_steps`` student steps from ``theta0 [P]`` (``lax.scan``; differentiable).
+
+  Args:
+    checkpoint: re-materialise in segments of :func:`segment_length` steps (``jax.checkpoint`` on segments
+      and on steps): same values and gradients, memory sub-linear in ``num_steps``.
+    first_order: stop the gradient through ``θ̂_i`` at the input of each step (keeping the direct
+      ``θ̂_{i+1} = θ̂_i + Δ_i`` path): the quantity TESLA's two-pass gradient computes.
+  """
+  def body(theta, i):
+    if first_order:
+      fixed = jax.lax.stop_gradient(theta)
+      return theta + (student.step(fixed, i, images, labels, lr, key) - fixed), None
+    return student.step(theta, i, images, labels, lr, key), None
+
+  steps = jnp.arange(int(num_steps))
+  if not checkpoint:
+    return jax.lax.scan(body, theta0, steps)[0]
+  k = segment_length(num_steps)
+  inner = jax.checkpoint(body, prevent_cse=False)
+
+  def segment(theta, s):
+    return jax.lax.scan(inner, theta, s * k + jnp.arange(k))[0], None
+
+  return jax.lax.scan(jax.checkpoint(segment, prevent_cse=False), theta0, jnp.arange(num_steps // k))[0]
+
+
+def _zero_cotangent(x):
+  if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating):
+    return jnp.zeros_like(x)
+  return np.zeros(jnp.shape(x), jax.dtypes.float0)
+
+
+def tesla_unroll(student: Student, num_steps: int):
+  """``f(theta0, images, labels, lr, key) -> θ̂_N`` whose VJP is TESLA's two-pass gradient (module
+  docstring): forward keeps only the inputs; backward re-runs the student and accumulates, per step, the VJP
+  of ``Δ_i = step(θ̂_i) − θ̂_i`` w.r.t. ``(images, labels, lr)`` with the cotangent ``λ = ∂L/∂θ̂_N`` (memory
+  independent of ``num_steps``). The cotangent of ``theta0`` is ``λ`` (first order)."""
+  n = int(num_steps)
+
+  def forward(theta0, images, labels, lr, key):
+    body = lambda th, i: (student.step(th, i, images, labels, lr, key), None)
+    return jax.lax.scan(body, theta0, jnp.arange(n))[0]
+
+  @jax.custom_vjp
+  def f(theta0, images, labels, lr, key):
+    return forward(theta0, images, labels, lr, key)
+
+  def fwd(theta0, images, labels, lr, key):
+    return forward(theta0, images, labels, lr, key), (theta0, images, labels, lr, key)
+
+  def bwd(res, lam):
+    theta0, images, labels, lr, key = res
+    soft = jnp.issubdtype(labels.dtype, jnp.floating)
+
+    def body(carry, i):
+      theta, g_img, g_lab, g_lr = carry
+      if soft:
+        new, vjp = jax.vjp(lambda x, y, a: student.step(theta, i, x, y, a, key), images, labels, lr)
+        d_img, d_lab, d_lr = vjp(lam)
+        g_lab = g_lab + d_lab
+      else:
+        new, vjp = jax.vjp(lambda x, a: student.step(theta, i, x, labels, a, key), images, lr)
+        d_img, d_lr = vjp(lam)
+      return (new, g_img + d_img, g_lab, g_lr + d_lr), None
+
+    init = (theta0, jnp.zeros_like(images), jnp.zeros_like(labels) if soft else jnp.zeros(()),
+            jnp.zeros_like(lr))
+    (_, g_img, g_lab, g_lr), _ = jax.lax.scan(body, init, jnp.arange(n))
+    return (lam, g_img, g_lab if soft else _zero_cotangent(labels), g_lr, _zero_cotangent(key))
+
+  f.defvjp(fwd, bwd)
+  return f
+
+
+def trajectory_distance(theta_n, start, target, distance: str = "l2", prune: float = 0.0):
+  """``‖θ̂_N − θ*_{t+M}‖² / ‖θ*_t − θ*_{t+M}‖²`` (MTT Eq. 2) of flat ``[P]`` vectors, or with
+  ``distance="l1"`` the ratio of L1 norms; ``prune`` drops the fraction of coordinates with the largest
+  ``|θ̂_N − θ*_{t+M}|`` from both (threshold on stopped values). Returns a scalar."""
+  check_choice("distance", distance, DISTANCES)
+  diff = theta_n - target
+  ref = start - target
+  f = jnp.square if distance == "l2" else jnp.abs
+  num, den = f(diff), f(ref)
+  if prune > 0:
+    err = jax.lax.stop_gradient(jnp.abs(diff))
+    keep = err <= jnp.quantile(err, 1.0 - prune)
+    num, den = jnp.where(keep, num, 0.0), jnp.where(keep, den, 0.0)
+  return jnp.sum(num) / jnp.maximum(jnp.sum(den), 1e-12)
+
+
+def expert_soft_labels(model, unflatten, theta, images, temperature: float = 1.0, batch_size: int = 500):
+  """TESLA's soft labels: ``softmax(f_θ(images) / temperature)`` of an expert ``θ [P]`` for ``images
+  [N, H, W, C]``; ``[N, C]`` float32."""
+  logits = training.predict_batched(model, {"params": unflatten(jnp.asarray(theta))}, jnp.asarray(images),
+                                    batch_size)
+  return jax.nn.softmax(logits / temperature, axis=-1)
+
+
+def buffer_expectations(config: TrajectoryMatchingConfig, num_classes: int, image_shape) -> Dict[str, Any]:
+  """Buffer metadata the objective requires (checked by :func:`jaxdistill.experts.load_buffer`)."""
+  out = {"arch": config.arch, "model_kwargs": config.model_kwargs(), "image_shape": list(image_shape),
+         "num_classes": int(num_classes), "zca": bool(config.zca)}
+  if config.dataset is not None:
+    out["dataset"] = config.dataset
+  return out
+
+
+def load_trajectories(config: TrajectoryMatchingConfig, num_classes: int, image_shape) -> experts.Buffer:
+  """Loads ``config.buffer`` (epochs ``0 … T⁺ − 1 + M``, ``config.num_experts`` experts) after checking its
+  metadata against the configuration.
+
+  Raises:
+    ValueError: no buffer configured, or a missing / mismatching / too short one.
+  """
+  if not config.buffer:
+    raise ValueError("trajectory matching needs an expert buffer: set buffer='DIR' (--buffer DIR), created "
+                     "by `python -m experiments.buffers`.")
+  return experts.load_buffer(config.buffer, max_epoch=config.max_epoch(), num_experts=config.num_experts,
+                             expected=buffer_expectations(config, num_classes, image_shape))
+
+
+def make_trajectory_matching(config: TrajectoryMatchingConfig, *, num_classes: int, image_shape, ipc: int,
+                             name: str = "mtt", buffer=None) -> Objective:
+  """Builds the MTT / TESLA objective.
+
+  Args:
+    buffer: expert trajectories float32 ``[E, T' + 1, P]`` (an array or a :class:`jaxdistill.experts.Buffer`;
+      ``T' ≥ T⁺ − 1 + M``), or None to load ``config.buffer``.
+
+  Returns:
+    An :class:`Objective` with ``data = {"trajectories": [E, T' + 1, P]}``; ``loss(state, syn, real, key,
+    data) -> (L, {"expert", "start_epoch", "lr"})`` (``real`` is unused).
+  """
+  config.validate()
+  image_shape = tuple(image_shape)
+  model = models.get_model(config.arch, num_classes, image_shape, **config.model_kwargs())
+  if buffer is None:
+    buffer = load_trajectories(config, num_classes, image_shape)
+  traj = np.asarray(buffer.params if isinstance(buffer, experts.Buffer) else buffer, np.float32)
+  dsa = DSAParams(strategy=tuple(config.dsa_strategy)) if config.dsa else None
+  student = make_student(model, image_shape, num_classes * ipc, config.batch_syn, dsa)
+  if traj.ndim != 3 or traj.shape[2] != student.num_params:
+    raise ValueError(f"expert trajectories must be [experts, epochs, {student.num_params}] for this "
+                     f"{config.arch} student, got shape {traj.shape}.")
+  if traj.shape[1] < config.max_epoch() + 1:
+    raise ValueError(f"the trajectories have {traj.shape[1]} epochs; max_start_epoch {config.max_start_epoch} "
+                     f"and expert_epochs {config.expert_epochs} need {config.max_epoch() + 1}.")
+  n_steps, m, t_max = int(config.syn_steps), int(config.expert_epochs), int(config.max_start_epoch)
+  final = tesla_unroll(student, n_steps) if config.gradient == "tesla" else None
+
+  def init(key):
+    return {}
+
+  def loss(state, syn, real: RealBatch, key, data):
+    """MTT Eq. 2 for one sampled expert segment; ``syn.images [C·ipc, H, W, C]``, ``syn.lr`` α or None."""
+    trajectories = data["trajectories"]
+    k_e, k_t, k_run = jax.random.split(key, 3)
+    e = jax.random.randint(k_e, (), 0, trajectories.shape[0])
+    t = jax.random.randint(k_t, (), 0, t_max)
+    start = trajectories[e, t]
+    target = trajectories[e, t + m]
+    lr = jnp.asarray(config.lr_init if syn.lr is None else syn.lr, jnp.float32)
+    if final is not None:
+      theta_n = final(start, syn.images, syn.labels, lr, k_run)
+    else:
+      theta_n = student_unroll(student, start, syn.images, syn.labels, lr, k_run, n_steps, config.checkpoint)
+    value = trajectory_distance(theta_n, start, target, config.distance, config.prune)
+    return value, {"expert": e, "start_epoch": t, "lr": lr}
+
+  return Objective(name, init, loss, None, config, {"trajectories": jnp.asarray(traj)})
+
+
+def soft_labels_from_buffer(config: TrajectoryMatchingConfig, images, num_classes: int, image_shape,
+                            expert: int = 0):
+  """TESLA's label assignment for a synthetic set: soft labels ``[N, C]`` from expert ``expert`` of
+  ``config.buffer`` at ``config.label_epoch`` (default its last epoch), temperature
+  ``config.label_temperature``; reads one shard."""
+  meta = experts.read_metadata(config.buffer)
+  experts.check_metadata(meta, buffer_expectations(config, num_classes, image_shape))
+  epoch = meta["epochs"] if config.label_epoch is None else int(config.label_epoch)
+  model = models.get_model(config.arch, num_classes, tuple(image_shape), **config.model_kwargs())
+  unflatten, _, _ = experts.unflattener(model, tuple(image_shape))
+  seen = 0
+  for _, params, _ in experts.iter_shards(config.buffer, [epoch]):
+    if expert < seen + params.shape[0]:
+      theta = params[expert - seen, 0]
+      break
+    seen += params.shape[0]
+  else:
+    raise ValueError(f"expert {expert} is not in the buffer ({seen} experts).")
+  return expert_soft_labels(model, unflatten, theta, images, config.label_temperature)
