@@ -76,7 +76,7 @@ def _log(message):
 
 
 def _write(path, text):
-  io._atomic_write(path, lambda f: f.write(text), mode="w")
+  io.save_text(path, text)
 
 
 def _out_dir(name, quick):

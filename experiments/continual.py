@@ -84,7 +84,7 @@ def main(argv=None) -> dict:
     lines.append(f"| {m} | " + " | ".join(f"{100 * a:.2f} ± {100 * d:.2f}" for a, d in zip(s["mean"], s["std"]))
                  + " |")
   table = "\n".join(lines)
-  io._atomic_write(os.path.join(args.out, "table.md"), lambda f: f.write(f"# {title}\n\n{table}\n"), mode="w")
+  io.save_text(os.path.join(args.out, "table.md"), f"# {title}\n\n{table}\n")
   payload = {"dataset": args.dataset, "memory_per_class": args.ipc, "num_steps": args.num_steps,
              "classes_per_step": args.classes_per_step, "seeds": seeds, "methods": methods,
              "dm_iterations": args.dm_iterations, "dm_real_per_class": args.dm_real_per_class,

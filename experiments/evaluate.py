@@ -61,10 +61,7 @@ def save_heatmap(path: str, results, title: str) -> str:
   fig.colorbar(im, ax=ax, label="test accuracy (%)")
   ax.set_title(title, fontsize=10)
   fig.tight_layout()
-  try:
-    return io._atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-  finally:
-    plt.close(fig)
+  return io.save_figure(path, fig)
 
 
 def main(argv=None) -> dict:
@@ -84,8 +81,7 @@ def main(argv=None) -> dict:
              for a, k in zip(archs, keys)}
   title = f"{meta.get('method', '?')} · {args.dataset} · ipc {meta.get('ipc', '?')}"
   table = results_table(results)
-  io._atomic_write(os.path.join(args.out, "table.md"),
-                   lambda f: f.write(f"# {title}\n\n{table}\n"), mode="w")
+  io.save_text(os.path.join(args.out, "table.md"), f"# {title}\n\n{table}\n")
   save_heatmap(os.path.join(args.out, "heatmap.png"), results, title)
   payload = {"synthetic": os.path.abspath(args.synthetic), "source_metadata": meta, "dataset": args.dataset,
              "eval_models": args.eval_models, "eval_epochs": args.eval_epochs, "eval_dsa": not args.no_eval_dsa,

@@ -77,10 +77,7 @@ def save_scatter(path, archs, proxy_scores, full_scores, title=""):
   ax.set_title(title or f"{len(archs)} architectures", fontsize=10)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  try:
-    return io._atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-  finally:
-    plt.close(fig)
+  return io.save_figure(path, fig)
 
 
 def main(argv=None) -> dict:
@@ -117,8 +114,7 @@ def main(argv=None) -> dict:
       archs, proxies, full, k_search, val_images=val_x, val_labels=val_y, num_classes=nc,
       num_models=args.models_per_arch, dsa=dsa, mesh=mesh, log=None if args.quiet else print)
   table = nas.report_table(reports)
-  io._atomic_write(os.path.join(args.out, "table.md"),
-                   lambda f: f.write(f"# NAS proxies, {len(archs)} architectures\n\n{table}\n"), mode="w")
+  io.save_text(os.path.join(args.out, "table.md"), f"# NAS proxies, {len(archs)} architectures\n\n{table}\n")
   save_scatter(os.path.join(args.out, "scatter.png"), archs, scores, full_scores)
   payload = {
       "dataset": args.dataset, "num_archs": len(archs), "space_size": len(space),

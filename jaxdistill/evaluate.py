@@ -11,6 +11,7 @@ branch of the augmentation runs). Epochs are run in chunks so a progress bar can
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Dict, Iterable, NamedTuple, Optional, Sequence
 
@@ -92,21 +93,50 @@ def train_models(images, labels, model, key, num_models: int, config: EvalConfig
   images = jnp.asarray(images, jnp.float32)
   labels = jnp.asarray(labels)
   n = images.shape[0]
-  bs = min(config.batch_size, n)
-  steps = -(-n // bs)
   epochs = int(config.epochs)
   base_lr = jnp.broadcast_to(jnp.asarray(config.lr if lr is None else lr, jnp.float32), (num_models,))
-  tx = training.sgd(config.lr, config.momentum, config.weight_decay)
   image_shape = images.shape[1:]
   k_init, k_data, k_shared = jax.random.split(key, 3)
   init_keys = jax.random.split(k_init, num_models)
   data_keys = jax.random.split(k_data, num_models)
-  states = jax.jit(jax.vmap(lambda k: training.init_state(model, k, image_shape, tx)))(init_keys)
+  states = _init_program(model, tuple(image_shape), config)(init_keys)
   chunk = _chunk_size(epochs)
   if mesh is not None:
     sub = sharding.model_mesh(mesh, num_models)
     states, data_keys, base_lr = sharding.shard_leading((states, data_keys, base_lr), sub)
     images, labels, k_shared = sharding.replicate((images, labels, k_shared), sub)
+
+  run_chunk = _chunk_program(model, config, dsa, n, chunk)
+  with progress_bar(total=epochs, desc=desc, disable=not progress, unit="epoch") as bar:
+    for epoch0 in range(0, epochs, chunk):
+      states, losses = run_chunk(states, data_keys, base_lr, k_shared, epoch0, images, labels)
+      losses = np.asarray(losses)
+      if not np.all(np.isfinite(losses)):
+        raise FloatingPointError(f"training loss became non-finite at epochs {epoch0}..{epoch0 + chunk}.")
+      bar.update(chunk)
+      bar.set_postfix(loss=f"{losses[:, -1].mean():.3f}")
+  return states.variables
+
+
+@functools.lru_cache(maxsize=32)
+def _init_program(model, image_shape, config: EvalConfig):
+  """The jitted ``init_keys [M] -> stacked TrainState`` program (cached like :func:`_chunk_program`)."""
+  tx = training.sgd(config.lr, config.momentum, config.weight_decay)
+  return jax.jit(jax.vmap(lambda k: training.init_state(model, k, image_shape, tx)))
+
+
+@functools.lru_cache(maxsize=32)
+def _chunk_program(model, config: EvalConfig, dsa: Optional[DSAParams], n: int, chunk: int):
+  """The jitted program training the stacked models for ``chunk`` epochs:
+  ``(states, data_keys, lrs, shared_key, epoch0, images, labels) -> (states, losses [models, chunk])``.
+
+  Cached on its static configuration, so repeated evaluations of same-sized sets (a random subset and a
+  distilled set, or the runs of a benchmark) compile once.
+  """
+  bs = min(config.batch_size, n)
+  steps = -(-n // bs)
+  epochs = int(config.epochs)
+  tx = training.sgd(config.lr, config.momentum, config.weight_decay)
 
   def run_model(state, data_key, lr0, shared_key, epoch0, images, labels):
     def epoch_body(state, epoch):
@@ -131,23 +161,19 @@ def train_models(images, labels, model, key, num_models: int, config: EvalConfig
 
     return jax.lax.scan(epoch_body, state, epoch0 + jnp.arange(chunk))
 
-  run_chunk = jax.jit(jax.vmap(run_model, in_axes=(0, 0, 0, None, None, None, None)))
-  with progress_bar(total=epochs, desc=desc, disable=not progress, unit="epoch") as bar:
-    for epoch0 in range(0, epochs, chunk):
-      states, losses = run_chunk(states, data_keys, base_lr, k_shared, epoch0, images, labels)
-      losses = np.asarray(losses)
-      if not np.all(np.isfinite(losses)):
-        raise FloatingPointError(f"training loss became non-finite at epochs {epoch0}..{epoch0 + chunk}.")
-      bar.update(chunk)
-      bar.set_postfix(loss=f"{losses[:, -1].mean():.3f}")
-  return states.variables
+  return jax.jit(jax.vmap(run_model, in_axes=(0, 0, 0, None, None, None, None)))
 
 
 def test_accuracies(model, variables, test_images, test_labels, batch_size: int = 1000) -> np.ndarray:
   """Accuracy of each of the stacked models on the test set; ``[num_models]`` fractions."""
-  acc = jax.jit(jax.vmap(lambda v, x, y: training.accuracy(model, v, x, y, batch_size),
-                         in_axes=(0, None, None)))
+  acc = _accuracy_program(model, int(batch_size))
   return np.asarray(acc(variables, jnp.asarray(test_images), jnp.asarray(test_labels)))
+
+
+@functools.lru_cache(maxsize=32)
+def _accuracy_program(model, batch_size: int):
+  """The jitted, model-vmapped test-accuracy program (cached like :func:`_chunk_program`)."""
+  return jax.jit(jax.vmap(lambda v, x, y: training.accuracy(model, v, x, y, batch_size), in_axes=(0, None, None)))
 
 
 def evaluate(images, labels, arch: str = "convnet", key=None, num_models: int = 5, epochs: int = 1000, *,

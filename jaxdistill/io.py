@@ -25,6 +25,9 @@ def _atomic_write(path: str, write_fn, mode: str = "wb") -> str:
   try:
     with os.fdopen(fd, mode) as f:
       write_fn(f)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -196,7 +199,13 @@ def save_curve(path: str, series: Mapping[str, Tuple[Sequence[float], Sequence[f
   if len(series) > 1:
     ax.legend()
   fig.tight_layout()
+  return save_figure(path, fig)
+
+
+def save_figure(path: str, fig, dpi: int = 100) -> str:
+  """Saves a matplotlib figure as PNG atomically and closes it. Returns ``path``."""
+  import matplotlib.pyplot as plt
   try:
-    return _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    return _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
   finally:
     plt.close(fig)

@@ -263,10 +263,7 @@ def save_plot(path: str, summaries: Dict[str, Dict], title: str = "") -> str:
     ax.set_title(title, fontsize=10)
   ax.legend()
   fig.tight_layout()
-  try:
-    return io._atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-  finally:
-    plt.close(fig)
+  return io.save_figure(path, fig)
 
 
 __all__ = ["ContinualConfig", "ContinualResult", "METHODS", "StepResult", "class_order", "condense",
