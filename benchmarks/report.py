@@ -79,7 +79,7 @@ def section(res: Dict) -> str:
   machines = sorted({r.get("machine", "?") for r in rows})
   out = [f"## {res['benchmark']}" + (" (quick smoke settings — not a result)" if res.get("quick") else "")
          + (" (interrupted: the rows below are what it measured)" if res.get("complete") is False else ""),
-         "", f"Ran on {', '.join(machines)}; {res.get('seconds', 0):.0f} s in all; finished "
+         "", f"Ran on {', '.join(machines)}; {res.get('seconds') or 0:.0f} s in all; finished "
          f"{res.get('finished', '?')}."]
   loads = [r["load_average"] for r in rows if r.get("load_average") is not None]
   if loads:
