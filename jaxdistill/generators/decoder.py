@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdistill.generators.stylegan import check_widths
+
 
 @dataclasses.dataclass(frozen=True)
 class ConvDecoderConfig:
@@ -38,11 +40,7 @@ class ConvDecoderConfig:
         raise ValueError(f"{name} must be an integer >= 1, got {v!r}.")
     if not isinstance(self.embed_dim, int) or self.embed_dim < 0:
       raise ValueError(f"embed_dim must be an integer >= 0, got {self.embed_dim!r}.")
-    if len(self.widths) < 1 or any((not isinstance(w, int)) or w < 1 for w in self.widths):
-      raise ValueError(f"widths must be a non-empty tuple of integers >= 1, got {self.widths!r}.")
-    up = 2 ** (len(self.widths) - 1)
-    if self.resolution % up:
-      raise ValueError(f"resolution must be a multiple of 2^(len(widths)-1) = {up}, got {self.resolution}.")
+    check_widths(self.widths, self.resolution)
     return self
 
   @property

@@ -33,6 +33,16 @@ import jax.numpy as jnp
 SQRT2 = math.sqrt(2.0)
 
 
+def check_widths(widths, resolution: int) -> None:
+  """Raises ``ValueError`` unless ``widths`` is a non-empty tuple of integers >= 1 and ``resolution`` is a
+  multiple of ``2^(len(widths) - 1)`` (one 2x upsampling per extra width). Shared by both generators."""
+  if len(widths) < 1 or any((not isinstance(w, int)) or w < 1 for w in widths):
+    raise ValueError(f"widths must be a non-empty tuple of integers >= 1, got {widths!r}.")
+  up = 2 ** (len(widths) - 1)
+  if resolution % up:
+    raise ValueError(f"resolution must be a multiple of 2^(len(widths)-1) = {up}, got {resolution}.")
+
+
 @dataclasses.dataclass(frozen=True)
 class StyleGeneratorConfig:
   """Style generator settings.
@@ -62,11 +72,7 @@ class StyleGeneratorConfig:
         raise ValueError(f"{name} must be an integer >= 1, got {v!r}.")
     if not isinstance(self.mapping_layers, int) or self.mapping_layers < 0:
       raise ValueError(f"mapping_layers must be an integer >= 0, got {self.mapping_layers!r}.")
-    if len(self.widths) < 1 or any((not isinstance(w, int)) or w < 1 for w in self.widths):
-      raise ValueError(f"widths must be a non-empty tuple of integers >= 1, got {self.widths!r}.")
-    up = 2 ** (len(self.widths) - 1)
-    if self.resolution % up:
-      raise ValueError(f"resolution must be a multiple of 2^(len(widths)-1) = {up}, got {self.resolution}.")
+    check_widths(self.widths, self.resolution)
     return self
 
   @property
