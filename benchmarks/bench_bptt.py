@@ -1,7 +1,7 @@
 """Benchmarks of BPTT distillation (DD, Wang et al. 2018) and label distillation (LD, Bohdal et al. 2020) on
 Fashion-MNIST with a ConvNet.
 
-Rows (``run(quick) -> list[dict]``):
+Rows (``run(quick)`` yields them as they are measured):
 
 * accuracy rows, IPC 1 and 10: DD (pixels + learned inner lr) and LD (learned soft labels of fixed real
   images), each distilled with a reduced CPU budget stated in ``protocol`` and evaluated under the shared
@@ -107,7 +107,6 @@ def run(quick: bool = False):
   data = common.load_data(quick)
   evaluator = common.make_evaluator(data, quick)
   nc = data.num_classes
-  rows = []
   for ipc in p["ipcs"]:
     for method in ("dd", "ld"):
       key = jax.random.PRNGKey(100 + ipc)
@@ -123,7 +122,7 @@ def run(quick: bool = False):
       unrolled = bptt.unrolled_accuracy(cfg, batch, jax.random.fold_in(key, 3), data.test_x, data.test_y, nc,
                                         num_models=3 if quick else 5)
       learned = "pixels + inner lr" if method == "dd" else "soft labels of fixed real images"
-      rows.append(common.row(
+      yield common.row(
           "bptt", method, ipc, result=res, seconds_per_iteration=out.seconds_per_iteration,
           published=common.published(method, ipc),
           unrolled_accuracy_mean=float(np.mean(unrolled)), unrolled_accuracy_std=float(np.std(unrolled)),
@@ -132,19 +131,18 @@ def run(quick: bool = False):
           protocol=(f"{method.upper()} learns {learned}; {iters} iterations, Adam lr {LR_IMG[method]}, "
                     f"{p['real_per_class']} real/class, init {INIT[method]}, inner ConvNet-{p['width']}, "
                     f"T={cfg.inner_steps} SGD steps (batch_per_class {cfg.batch_per_class or 'all'}, "
-                    f"alpha0 {cfg.inner_lr}); {ev.describe()} (lr 0.01, not the learned alpha)")))
+                    f"alpha0 {cfg.inner_lr}); {ev.describe()} (lr 0.01, not the learned alpha)"))
   for steps in p["speed_steps"]:
     for ckpt in (False, True):
       s = speed(data, 10 if not quick else 1, steps, ckpt, p["width"], p["speed_real"], p["repeats"])
-      rows.append(common.row(
+      yield common.row(
           "bptt_speed", "dd", 10 if not quick else 1, seconds_per_iteration=s["seconds_per_iteration"],
           compile_seconds=s["compile_seconds"], compiled_temp_mb=s["compiled_temp_mb"], checkpoint=ckpt,
           inner_steps=steps,
           protocol=(f"DD step, inner ConvNet-{p['width']}, T={steps}, one image per class per step, "
                     f"{p['speed_real']} real/class, jax.checkpoint {'on' if ckpt else 'off'}; steady state "
                     f"after compile, mean of {p['repeats']} steps; memory: XLA temp buffers of the "
-                    "compiled meta-gradient")))
-  return rows
+                    "compiled meta-gradient"))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Generative and factorised parameterisations at equal storage on Fashion-MNIST (ConvNet, DM objective).
 
-Rows (``run(quick) -> list[dict]``), IPC 1 and 10, every method held to the storage of the IPC-``k`` pixel
+Rows (``run(quick)`` yields them as they are measured), IPC 1 and 10, every method held to the storage of the IPC-``k`` pixel
 set (``C · k · 28 · 28`` floats; ``storage_floats`` in each row):
 
 * ``dm`` — pixels (real init);
@@ -79,7 +79,6 @@ def run(quick: bool = False):
   data = common.load_data(quick, s["train_size"])
   evaluator = common.make_evaluator(data, quick)
   eval_desc = common.eval_protocol(quick).describe()
-  rows = []
   for ipc in s["ipcs"]:
     key = jax.random.PRNGKey(ipc)
     budget = synthetic.storage_budget(data.num_classes, ipc, SHAPE)
@@ -93,14 +92,12 @@ def run(quick: bool = False):
       out = loop.distill(obj, param, syn, data.train_x, data.train_y, data.num_classes, key, lc, progress=False)
       batch = param.render(out.state.syn)
       res = evaluator(batch, jax.random.fold_in(key, 2))
-      rows.append(common.row(
+      yield common.row(
           "generative", name, ipc, result=res, seconds_per_iteration=out.seconds_per_iteration,
           protocol=(f"{desc}; DM objective, ConvNet-{s['width']} embedding, {s['iterations']} iterations, "
                     f"{s['real_per_class']} real/class, SGD mom 0.5 unless stated"), eval_protocol=eval_desc,
           storage_floats=storage, storage_budget_floats=budget, eval_images=int(batch.images.shape[0]),
-          final_loss=float(out.losses[-1])))
-      print(rows[-1], flush=True)
-  return rows
+          final_loss=float(out.losses[-1]))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Benchmarks of the kernel / meta-model methods (KIP, RFAD, FRePo) on Fashion-MNIST.
 
-Rows (``run(quick) -> list[dict]``):
+Rows (``run(quick)`` yields them as they are measured):
 
 * accuracy rows, IPC 1 and 10: each method distilled with a reduced CPU budget (stated in ``protocol``), then
   evaluated with the shared protocol :data:`benchmarks.common.EVAL` (3 ConvNet-128 × 300 epochs, DSA) so the
@@ -68,7 +68,6 @@ def _time(fn, repeats: int = 2) -> float:
 def kernel_times(x, quick: bool):
   """Rows of kernel-evaluation seconds vs target batch size (support 100; ConvNet NTK support 10)."""
   p = _protocol(quick)
-  rows = []
   xs = jnp.asarray(x[:100])
   fc = jax.jit(kernels.make_kernel_fn(kernels.KernelConfig(arch="fc"), 10, x.shape[1:]))
   rcfg = RFADConfig(**p["rfad_time"])
@@ -84,10 +83,9 @@ def kernel_times(x, quick: bool):
     for m in targets:
       xt = jnp.asarray(x[:m])
       seconds = _time(lambda: fn(xt, support), repeats=1)
-      rows.append(_emit(common.row(f"{BENCH}_time", name, None, seconds_per_iteration=None, kernel_seconds=seconds,
+      yield _emit(common.row(f"{BENCH}_time", name, None, seconds_per_iteration=None, kernel_seconds=seconds,
                              target_batch=int(m), support=int(support.shape[0]),
-                             protocol=f"{desc}; steady state after compile, support {support.shape[0]}")))
-  return rows
+                             protocol=f"{desc}; steady state after compile, support {support.shape[0]}"))
 
 
 def run(quick: bool = False):
@@ -97,7 +95,7 @@ def run(quick: bool = False):
   ev = common.eval_protocol(quick)
   evaluator = common.make_evaluator(data, quick)
   nc, shape = data.num_classes, data.train_x.shape[1:]
-  rows = kernel_times(data.train_x, quick)
+  yield from kernel_times(data.train_x, quick)
   for ipc in p["ipcs"]:
     key = jax.random.PRNGKey(100 + ipc)
     for method, spec in p["methods"].items():
@@ -121,13 +119,13 @@ def run(quick: bool = False):
                                                        nc, batch_size=100)
         extra["krr_test_accuracy_init"] = krr_test_accuracy(cfg, init_batch.images, init_batch.labels,
                                                             data.test_x, data.test_y, nc, batch_size=100)
-      rows.append(_emit(common.row(
+      yield _emit(common.row(
           BENCH, method, ipc, result=res, seconds_per_iteration=out.seconds_per_iteration,
           protocol=_describe(method, spec, p["lr_img"]), eval_protocol=ev.describe(),
           published=None if quick else common.published(method, ipc), distill_seconds=distill_seconds,
-          final_loss=float(out.losses[-1]), first_loss=float(out.losses[0]), **extra)))
-  return rows
+          final_loss=float(out.losses[-1]), first_loss=float(out.losses[0]), **extra))
 
 
 if __name__ == "__main__":
-  run(quick="--quick" in sys.argv)
+  for _ in run(quick="--quick" in sys.argv):
+    pass

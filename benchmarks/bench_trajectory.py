@@ -1,6 +1,6 @@
 """Benchmarks of trajectory matching (MTT, TESLA) on Fashion-MNIST with a ConvNet.
 
-Rows (``run(quick) -> list[dict]``), in the order they are computed:
+Rows (``run(quick)`` yields them as they are measured), in the order they are computed:
 
 * ``trajectory_memory``: for N = 10, 20, 40 student steps and each gradient — full unroll, checkpointed unroll
   (√N segments) and TESLA's two passes — the memory XLA plans for the compiled loss-and-gradient program
@@ -16,7 +16,6 @@ Rows (``run(quick) -> list[dict]``), in the order they are computed:
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 import time
@@ -80,19 +79,12 @@ def memory_and_speed(trajectories, data: common.Data, p, steps, gradient: str, c
   return planned, temp, seconds
 
 
-def run(quick: bool = False, emit=None):
-  """Benchmark rows (module docstring); ``emit(row)`` is called as each row is ready."""
+def run(quick: bool = False):
+  """Yields the benchmark rows (module docstring) as each is ready."""
   p = _protocol(quick)
-  emit = emit or (lambda r: None)
   data = common.load_data(quick, train_size=p["train_size"])
   evaluator = common.make_evaluator(data, quick)
   ev = common.eval_protocol(quick)
-  rows = []
-
-  def add(r):
-    rows.append(r)
-    emit(r)
-
   tmp = tempfile.mkdtemp(prefix="jaxdistill_buffer_")
   cfg_e = experts.ExpertConfig(arch="convnet", width=p["width"], num_experts=p["experts"],
                                experts_per_shard=p["experts"], epochs=p["epochs"], lr=0.01)
@@ -100,21 +92,21 @@ def run(quick: bool = False, emit=None):
                                dataset=common.DATASET, split=f"train[:{p['train_size']}]", progress=False)
   expert_desc = (f"{p['experts']} experts ConvNet-{p['width']} x {p['epochs']} epochs, SGD 0.01 no momentum, "
                  f"DSA, batch 256, first {p['train_size']} training images")
-  add(common.row("trajectory_experts", "experts", None, protocol=expert_desc,
+  yield common.row("trajectory_experts", "experts", None, protocol=expert_desc,
                  expert_test_accuracy_per_epoch=[round(100 * a, 2) for a in meta["test_accuracy_mean"]],
-                 expert_seconds=meta["seconds"]))
+                 expert_seconds=meta["seconds"])
   buf = experts.load_buffer(tmp, expected={"dataset": common.DATASET, "arch": "convnet", "zca": False})
 
   for steps in p["memory_steps"]:
     for gradient, ckpt, label in (("unroll", False, "mtt"), ("unroll", True, "mtt_checkpoint"),
                                   ("tesla", False, "tesla")):
       planned, temp, seconds = memory_and_speed(buf.params, data, p, steps, gradient, ckpt, p["memory_ipc"])
-      add(common.row("trajectory_memory", label, p["memory_ipc"], seconds_per_iteration=seconds,
+      yield common.row("trajectory_memory", label, p["memory_ipc"], seconds_per_iteration=seconds,
                      syn_steps=steps, compiled_memory_mb=planned, compiled_temp_mb=temp,
                      protocol=(f"loss+gradient of one MTT iteration, N={steps}, IPC {p['memory_ipc']}, "
                                f"ConvNet-{p['width']} student, whole set per step, DSA; memory = XLA "
                                "memory_analysis of the compiled program (temp + args + outputs); seconds = "
-                               "one call of the compiled program")))
+                               "one call of the compiled program"))
 
   for ipc, iters in p["iterations"].items():
     cfg = _config(p, batch_syn=p["batch_syn"].get(ipc))
@@ -128,27 +120,16 @@ def run(quick: bool = False, emit=None):
                        progress=False)
     batch = synthetic.PIXELS.render(out.state.syn)
     res = evaluator(batch, jax.random.fold_in(key, 2))
-    add(common.row("trajectory", "mtt", ipc, result=res, seconds_per_iteration=out.seconds_per_iteration,
+    yield common.row("trajectory", "mtt", ipc, result=res, seconds_per_iteration=out.seconds_per_iteration,
                    eval_protocol=ev.describe(),
                    published=None if quick else common.published("mtt", ipc), learned_lr=float(batch.lr),
                    loss_first=float(out.losses[0]), loss_last=float(np.mean(out.losses[-5:])),
                    protocol=(f"{iters} iterations, N={cfg.syn_steps}, M={cfg.expert_epochs}, "
                              f"T+={cfg.max_start_epoch}, batch_syn {cfg.batch_syn or 'all'}, lr_img "
                              f"{p['lr_img']} (SGD mom 0.5), lr_lr {p['lr_lr']}, alpha0 0.01, real init; "
-                             f"buffer: {expert_desc}; {ev.describe()} with the learned alpha")))
-  return rows
+                             f"buffer: {expert_desc}; {ev.describe()} with the learned alpha"))
 
 
 if __name__ == "__main__":
-  # Prints each row as a JSON line as soon as it is ready (long CPU runs); ``--save`` then writes
-  # benchmarks/results/trajectory.json in the format of ``python -m benchmarks.run``.
-  from jaxdistill import io
-
-  quick = "--quick" in sys.argv
-  start = time.perf_counter()
-  rows = run(quick=quick, emit=lambda r: print(json.dumps(r), flush=True))
-  if "--save" in sys.argv:
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "trajectory.json")
-    io.save_json(path, {"benchmark": "trajectory", "quick": quick, "seconds": time.perf_counter() - start,
-                        "rows": rows, "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
-    print(f"-> {path}", flush=True)
+  for r in run(quick="--quick" in sys.argv):
+    print(json.dumps(r), flush=True)

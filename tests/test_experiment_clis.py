@@ -70,3 +70,32 @@ def test_benchmark_report_from_rows(tmp_path):
   assert "quick smoke settings" in text
   summary = text.split("## Summary")[1].split("\n## ")[0]
   assert "| dc |" not in summary  # quick runs never enter the summary
+
+
+def test_benchmark_run_reruns_selected_rows_and_keeps_the_others(tmp_path, monkeypatch):
+  import sys
+  import types
+  from benchmarks import run as bench_run
+
+  calls = []
+
+  def fake_run(quick=False, select=None):
+    calls.append(select)
+    for method, ipc in (("a", 1), ("b", 1), ("a", 10), ("b", 10)):
+      if select is None or select(method, ipc):
+        yield {"method": method, "ipc": ipc, "seconds_per_iteration": 2.0}
+
+  monkeypatch.setitem(sys.modules, "benchmarks.bench_fake", types.SimpleNamespace(run=fake_run))
+  path = bench_run.run_one("fake", False, str(tmp_path))
+  assert [r["seconds_per_iteration"] for r in json.load(open(path))["rows"]] == [2.0] * 4
+  rows = json.load(open(path))["rows"]
+  for r in rows:
+    r["seconds_per_iteration"] = 1.0
+  io.save_json(path, {"benchmark": "fake", "quick": False, "seconds": 1.0, "rows": rows})
+  bench_run.run_one("fake", False, str(tmp_path), bench_run.make_select(["b"], [10]))
+  got = {(r["method"], r["ipc"]): r["seconds_per_iteration"] for r in json.load(open(path))["rows"]}
+  assert got == {("a", 1): 1.0, ("b", 1): 1.0, ("a", 10): 1.0, ("b", 10): 2.0}  # only (b, 10) re-measured
+  assert bench_run.make_select(None, None) is None
+  monkeypatch.setitem(sys.modules, "benchmarks.bench_old", types.SimpleNamespace(run=lambda quick=False: []))
+  with pytest.raises(ValueError, match="measures all its rows"):
+    bench_run.run_one("old", False, str(tmp_path), bench_run.make_select(["a"], None))

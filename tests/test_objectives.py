@@ -203,3 +203,24 @@ def test_gm_class_batch_matches_vmap():
   la = obj_a.loss(st, syn, real, jax.random.PRNGKey(1))[0]
   lb = obj_b.loss(st, syn, real, jax.random.PRNGKey(1))[0]
   np.testing.assert_allclose(float(la), float(lb), rtol=1e-5)
+
+
+def test_dc_unrolled_inner_training_equals_fori_loop():
+  obj_a, real, syn_x, labels = _problem("dsa", ipc=2, outer_loop=3, inner_loop=2, batch_train=4)
+  obj_b = objectives.make_objective("dsa", dataclasses.replace(obj_a.config, unroll_inner=True), num_classes=3,
+                                    image_shape=SHAPE, ipc=2)
+  syn = synthetic.SyntheticBatch(syn_x, labels)
+  s0 = obj_a.init(jax.random.PRNGKey(0))
+  a = jax.jit(obj_a.update)(s0, syn, jax.random.PRNGKey(1))
+  b = jax.jit(obj_b.update)(s0, syn, jax.random.PRNGKey(1))
+  leaf = lambda s: np.asarray(jax.tree_util.tree_leaves(s.net.variables["params"])[-1])
+  a3, b3 = a, b  # the third update draws a fresh network in both (select instead of lax.cond)
+  for k in (2, 3):
+    a3 = obj_a.update(a3, syn, jax.random.PRNGKey(k))
+    b3 = obj_b.update(b3, syn, jax.random.PRNGKey(k))
+  np.testing.assert_array_equal(leaf(a3), leaf(b3))
+  np.testing.assert_array_equal(leaf(b3), leaf(obj_a.init(jax.random.split(jax.random.PRNGKey(3))[0])))
+  moved = jax.tree_util.tree_map(lambda p, q: float(jnp.max(jnp.abs(p - q))), s0.net.variables, a.net.variables)
+  assert max(jax.tree_util.tree_leaves(moved)) > 1e-4  # 2 epochs x 2 minibatches of 4 actually trained it
+  diff = jax.tree_util.tree_map(lambda p, q: float(jnp.max(jnp.abs(p - q))), a.net.variables, b.net.variables)
+  assert max(jax.tree_util.tree_leaves(diff)) < 1e-5

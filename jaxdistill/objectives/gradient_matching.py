@@ -53,6 +53,13 @@ class GradientMatchingConfig:
     outer_loop, inner_loop: None = from the IPC (:func:`default_loops`).
     batch_train: minibatch size of the inner training.
     class_batch: 0 = all classes in one ``vmap``; k > 0 = k classes at a time (bounds memory).
+    unroll_inner: trace the inner training (``inner_loop`` epochs × minibatch steps) as straight-line code
+      instead of ``lax.fori_loop``, and pick "fresh network or trained one" with a select instead of
+      ``lax.cond`` (the inner training then also runs, discarded, on the reset step). Same result; on XLA:CPU
+      it runs ~12× faster (convolutions inside a compiled loop or conditional body are emitted as slow loop
+      fusions; measured: 10 SGD steps of a ConvNet-32 on 100 images, 10.8–11.2 s in ``fori_loop`` or inside
+      ``lax.cond`` vs 0.7 s unrolled) at the cost of a much longer compile (~5 min for IPC 10's 50 DSA steps
+      of ConvNet-128). Off by default (GPUs/TPUs run compiled loops at full speed).
   """
   arch: str = "convnet"
   width: int = 128
@@ -66,6 +73,7 @@ class GradientMatchingConfig:
   inner_loop: Optional[int] = None
   batch_train: int = 256
   class_batch: int = 0
+  unroll_inner: bool = False
 
   def validate(self):
     check_choice("arch", self.arch, models.ARCHITECTURES)
@@ -184,9 +192,9 @@ def make_gradient_matching(config: GradientMatchingConfig, *, num_classes: int, 
         net, _ = training.train_step(model, tx, net, images[idx], labels[idx], jax.random.fold_in(ek, s + 1),
                                      weights=mask[s] if pad else None, dsa=dsa)
         return net
-      return jax.lax.fori_loop(0, steps, step, net)
+      return jax.lax.fori_loop(0, steps, step, net, unroll=steps if config.unroll_inner else 1)
 
-    return jax.lax.fori_loop(0, inner, epoch, net)
+    return jax.lax.fori_loop(0, inner, epoch, net, unroll=inner if config.unroll_inner else 1)
 
   def update(state: GMState, syn, key):
     """After an image update: a fresh network every ``outer_loop`` updates, else ``inner_loop`` epochs of
@@ -197,6 +205,10 @@ def make_gradient_matching(config: GradientMatchingConfig, *, num_classes: int, 
     k_new, k_train = jax.random.split(key)
     if outer == 1:
       net = fresh(k_new)
+    elif config.unroll_inner:  # no lax.cond either: its branches are compiled loop-like bodies too
+      reset = count % outer == 0
+      net = jax.tree_util.tree_map(lambda a, b: jnp.where(reset, a, b), fresh(k_new),
+                                   train_net(state.net, images, labels, k_train))
     else:
       net = jax.lax.cond(count % outer == 0, lambda: fresh(k_new),
                          lambda: train_net(state.net, images, labels, k_train))
