@@ -109,7 +109,8 @@ def run(quick: bool = False):
                                "one call of the compiled program"))
 
   for ipc, iters in p["iterations"].items():
-    cfg = _config(p, batch_syn=p["batch_syn"].get(ipc))
+    # Straight-line student unroll (same values as the scan; several times faster on XLA:CPU).
+    cfg = _config(p, batch_syn=p["batch_syn"].get(ipc), unroll=True)
     obj = tm.make_trajectory_matching(cfg, num_classes=data.num_classes, image_shape=data.train_x.shape[1:],
                                       ipc=ipc, buffer=buf)
     key = jax.random.PRNGKey(ipc)
@@ -125,8 +126,8 @@ def run(quick: bool = False):
                    published=None if quick else common.published("mtt", ipc), learned_lr=float(batch.lr),
                    loss_first=float(out.losses[0]), loss_last=float(np.mean(out.losses[-5:])),
                    protocol=(f"{iters} iterations, N={cfg.syn_steps}, M={cfg.expert_epochs}, "
-                             f"T+={cfg.max_start_epoch}, batch_syn {cfg.batch_syn or 'all'}, lr_img "
-                             f"{p['lr_img']} (SGD mom 0.5), lr_lr {p['lr_lr']}, alpha0 0.01, real init; "
+                             f"T+={cfg.max_start_epoch}, batch_syn {cfg.batch_syn or 'all'}, straight-line "
+                             f"unroll, lr_img {p['lr_img']} (SGD mom 0.5), lr_lr {p['lr_lr']}, alpha0 0.01, real init; "
                              f"buffer: {expert_desc}; {ev.describe()} with the learned alpha"))
 
 

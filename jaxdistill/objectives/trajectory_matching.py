@@ -67,6 +67,10 @@ class TrajectoryMatchingConfig:
     distance: ``"l2"`` (MTT) or ``"l1"``.
     gradient: ``"unroll"`` (back-propagation through the ``lax.scan``) or ``"tesla"`` (two passes).
     checkpoint: with ``"unroll"``, re-materialise steps (√N segments) to cut memory.
+    unroll: trace the N student steps as straight-line code instead of a rolled ``lax.scan`` (every path:
+      plain, checkpointed, TESLA's two passes). Same values and gradients; on XLA:CPU several times faster
+      (convolutions inside a compiled loop body are emitted as slow loop fusions), at a longer compile. Off by
+      default (accelerators run compiled loops at full speed).
     prune: fraction of parameters (hardest to match) dropped from the loss each iteration, in [0, 1).
     soft_labels, label_temperature, label_epoch: TESLA's expert soft labels (used by the set builder,
       :func:`expert_soft_labels`; ``label_epoch`` None = the experts' last epoch).
@@ -88,6 +92,7 @@ class TrajectoryMatchingConfig:
   distance: str = "l2"
   gradient: str = "unroll"
   checkpoint: bool = False
+  unroll: bool = False
   prune: float = 0.0
   soft_labels: bool = False
   label_temperature: float = 1.0
@@ -186,7 +191,7 @@ def make_student(model, image_shape, num_images: int, batch_syn: Optional[int],
 
 
 def student_unroll(student: Student, theta0, images, labels, lr, key, num_steps: int,
-                   checkpoint: bool = False, first_order: bool = False):
+                   checkpoint: bool = False, first_order: bool = False, unroll: bool = False):
   """``θ̂_N`` after ``num_steps`` student steps from ``theta0 [P]`` (``lax.scan``; differentiable).
 
   Args:
@@ -194,6 +199,7 @@ def student_unroll(student: Student, theta0, images, labels, lr, key, num_steps:
       and on steps): same values and gradients, memory sub-linear in ``num_steps``.
     first_order: stop the gradient through ``θ̂_i`` at the input of each step (keeping the direct
       ``θ̂_{i+1} = θ̂_i + Δ_i`` path): the quantity TESLA's two-pass gradient computes.
+    unroll: straight-line code instead of rolled scans (same result; faster on XLA:CPU).
   """
   def body(theta, i):
     if first_order:
@@ -203,14 +209,20 @@ def student_unroll(student: Student, theta0, images, labels, lr, key, num_steps:
 
   steps = jnp.arange(int(num_steps))
   if not checkpoint:
-    return jax.lax.scan(body, theta0, steps)[0]
+    return jax.lax.scan(body, theta0, steps, unroll=_unroll(unroll, num_steps))[0]
   k = segment_length(num_steps)
   inner = jax.checkpoint(body, prevent_cse=False)
 
   def segment(theta, s):
-    return jax.lax.scan(inner, theta, s * k + jnp.arange(k))[0], None
+    return jax.lax.scan(inner, theta, s * k + jnp.arange(k), unroll=_unroll(unroll, k))[0], None
 
-  return jax.lax.scan(jax.checkpoint(segment, prevent_cse=False), theta0, jnp.arange(num_steps // k))[0]
+  return jax.lax.scan(jax.checkpoint(segment, prevent_cse=False), theta0, jnp.arange(num_steps // k),
+                      unroll=_unroll(unroll, num_steps // k))[0]
+
+
+def _unroll(unroll: bool, length: int) -> int:
+  """``lax.scan``'s ``unroll`` argument: the whole length (straight-line code) or 1 (a rolled loop)."""
+  return max(1, int(length)) if unroll else 1
 
 
 def _zero_cotangent(x):
@@ -219,7 +231,7 @@ def _zero_cotangent(x):
   return np.zeros(jnp.shape(x), jax.dtypes.float0)
 
 
-def tesla_unroll(student: Student, num_steps: int):
+def tesla_unroll(student: Student, num_steps: int, unroll: bool = False):
   """``f(theta0, images, labels, lr, key) -> θ̂_N`` whose VJP is TESLA's two-pass gradient (module
   docstring): forward keeps only the inputs; backward re-runs the student and accumulates, per step, the VJP
   of ``Δ_i = step(θ̂_i) − θ̂_i`` w.r.t. ``(images, labels, lr)`` with the cotangent ``λ = ∂L/∂θ̂_N`` (memory
@@ -228,7 +240,7 @@ def tesla_unroll(student: Student, num_steps: int):
 
   def forward(theta0, images, labels, lr, key):
     body = lambda th, i: (student.step(th, i, images, labels, lr, key), None)
-    return jax.lax.scan(body, theta0, jnp.arange(n))[0]
+    return jax.lax.scan(body, theta0, jnp.arange(n), unroll=_unroll(unroll, n))[0]
 
   @jax.custom_vjp
   def f(theta0, images, labels, lr, key):
@@ -254,7 +266,7 @@ def tesla_unroll(student: Student, num_steps: int):
 
     init = (theta0, jnp.zeros_like(images), jnp.zeros_like(labels) if soft else jnp.zeros(()),
             jnp.zeros_like(lr))
-    (_, g_img, g_lab, g_lr), _ = jax.lax.scan(body, init, jnp.arange(n))
+    (_, g_img, g_lab, g_lr), _ = jax.lax.scan(body, init, jnp.arange(n), unroll=_unroll(unroll, n))
     return (lam, g_img, g_lab if soft else _zero_cotangent(labels), g_lr, _zero_cotangent(key))
 
   f.defvjp(fwd, bwd)
@@ -335,7 +347,7 @@ def make_trajectory_matching(config: TrajectoryMatchingConfig, *, num_classes: i
     raise ValueError(f"the trajectories have {traj.shape[1]} epochs; max_start_epoch {config.max_start_epoch} "
                      f"and expert_epochs {config.expert_epochs} need {config.max_epoch() + 1}.")
   n_steps, m, t_max = int(config.syn_steps), int(config.expert_epochs), int(config.max_start_epoch)
-  final = tesla_unroll(student, n_steps) if config.gradient == "tesla" else None
+  final = tesla_unroll(student, n_steps, config.unroll) if config.gradient == "tesla" else None
 
   def init(key):
     return {}
@@ -352,7 +364,8 @@ def make_trajectory_matching(config: TrajectoryMatchingConfig, *, num_classes: i
     if final is not None:
       theta_n = final(start, syn.images, syn.labels, lr, k_run)
     else:
-      theta_n = student_unroll(student, start, syn.images, syn.labels, lr, k_run, n_steps, config.checkpoint)
+      theta_n = student_unroll(student, start, syn.images, syn.labels, lr, k_run, n_steps, config.checkpoint,
+                               unroll=config.unroll)
     value = trajectory_distance(theta_n, start, target, config.distance, config.prune)
     return value, {"expert": e, "start_epoch": t, "lr": lr}
 
