@@ -73,9 +73,10 @@ def _methods(ipc: int, data, key):
   return out
 
 
-def run(quick: bool = False):
-  """Benchmark rows (see module docstring)."""
+def run(quick: bool = False, select=None):
+  """Yields the benchmark rows (see module docstring); ``select(method, ipc)`` (None: all) picks rows."""
   s = _settings(quick)
+  select = select or (lambda method, ipc: True)
   data = common.load_data(quick, s["train_size"])
   evaluator = common.make_evaluator(data, quick)
   eval_desc = common.eval_protocol(quick).describe()
@@ -83,6 +84,8 @@ def run(quick: bool = False):
     key = jax.random.PRNGKey(ipc)
     budget = synthetic.storage_budget(data.num_classes, ipc, SHAPE)
     for name, param, syn, over, desc in _methods(ipc, data, key):
+      if not select(name, ipc):
+        continue
       storage = int(param.storage(syn))
       assert storage <= budget, (name, storage, budget)
       obj = objectives.make_objective("dm", objectives.default_config("dm", width=s["width"]),

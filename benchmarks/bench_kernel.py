@@ -65,7 +65,7 @@ def _time(fn, repeats: int = 2) -> float:
   return (time.perf_counter() - t) / repeats
 
 
-def kernel_times(x, quick: bool):
+def kernel_times(x, quick: bool, select=None):
   """Rows of kernel-evaluation seconds vs target batch size (support 100; ConvNet NTK support 10)."""
   p = _protocol(quick)
   xs = jnp.asarray(x[:100])
@@ -80,6 +80,8 @@ def kernel_times(x, quick: bool):
        f"RFAD random-feature NNGP, {rcfg.num_models} ConvNet-{rcfg.width} (vmapped), features + K_ts"),
       ("convnet_ntk", conv, p["targets"]["convnet"], xs[:10],
        "ConvNet-3 NTK with avg pooling (neural-tangents, nt.batch 10x10 blocks)")):
+    if select is not None and not select(name, None):
+      continue
     for m in targets:
       xt = jnp.asarray(x[:m])
       seconds = _time(lambda: fn(xt, support), repeats=1)
@@ -88,17 +90,20 @@ def kernel_times(x, quick: bool):
                              protocol=f"{desc}; steady state after compile, support {support.shape[0]}"))
 
 
-def run(quick: bool = False):
-  """Benchmark rows (see module docstring)."""
+def run(quick: bool = False, select=None):
+  """Yields the benchmark rows (see module docstring); ``select(method, ipc)`` (None: all) picks rows."""
   p = _protocol(quick)
+  select = select or (lambda method, ipc: True)
   data = common.load_data(quick)
   ev = common.eval_protocol(quick)
   evaluator = common.make_evaluator(data, quick)
   nc, shape = data.num_classes, data.train_x.shape[1:]
-  yield from kernel_times(data.train_x, quick)
+  yield from (r for r in kernel_times(data.train_x, quick, select) if select(r["method"], r["ipc"]))
   for ipc in p["ipcs"]:
     key = jax.random.PRNGKey(100 + ipc)
     for method, spec in p["methods"].items():
+      if not select(method, ipc):
+        continue
       cfg = objectives.default_config(method, **spec["config"])
       spec = {**spec, "learn_labels": cfg.learn_labels}
       obj = objectives.make_objective(method, cfg, num_classes=nc, image_shape=shape, ipc=ipc)

@@ -79,9 +79,11 @@ def memory_and_speed(trajectories, data: common.Data, p, steps, gradient: str, c
   return planned, temp, seconds
 
 
-def run(quick: bool = False):
-  """Yields the benchmark rows (module docstring) as each is ready."""
+def run(quick: bool = False, select=None):
+  """Yields the benchmark rows (module docstring) as each is ready; ``select(method, ipc)`` (None: all) picks
+  the rows to measure (the expert buffer is always trained: every MTT row needs it)."""
   p = _protocol(quick)
+  select = select or (lambda method, ipc: True)
   data = common.load_data(quick, train_size=p["train_size"])
   evaluator = common.make_evaluator(data, quick)
   ev = common.eval_protocol(quick)
@@ -92,14 +94,18 @@ def run(quick: bool = False):
                                dataset=common.DATASET, split=f"train[:{p['train_size']}]", progress=False)
   expert_desc = (f"{p['experts']} experts ConvNet-{p['width']} x {p['epochs']} epochs, SGD 0.01 no momentum, "
                  f"DSA, batch 256, first {p['train_size']} training images")
-  yield common.row("trajectory_experts", "experts", None, protocol=expert_desc,
-                 expert_test_accuracy_per_epoch=[round(100 * a, 2) for a in meta["test_accuracy_mean"]],
-                 expert_seconds=meta["seconds"])
+  experts_row = common.row("trajectory_experts", "experts", None, protocol=expert_desc,
+                           expert_test_accuracy_per_epoch=[round(100 * a, 2) for a in meta["test_accuracy_mean"]],
+                           expert_seconds=meta["seconds"])
   buf = experts.load_buffer(tmp, expected={"dataset": common.DATASET, "arch": "convnet", "zca": False})
 
+  if select("experts", None):
+    yield experts_row
   for steps in p["memory_steps"]:
     for gradient, ckpt, label in (("unroll", False, "mtt"), ("unroll", True, "mtt_checkpoint"),
                                   ("tesla", False, "tesla")):
+      if not select(label, p["memory_ipc"]):
+        continue
       planned, temp, seconds = memory_and_speed(buf.params, data, p, steps, gradient, ckpt, p["memory_ipc"])
       yield common.row("trajectory_memory", label, p["memory_ipc"], seconds_per_iteration=seconds,
                      syn_steps=steps, compiled_memory_mb=planned, compiled_temp_mb=temp,
@@ -109,6 +115,8 @@ def run(quick: bool = False):
                                "one call of the compiled program"))
 
   for ipc, iters in p["iterations"].items():
+    if not select("mtt", ipc):
+      continue
     # Straight-line student unroll (same values as the scan; several times faster on XLA:CPU).
     cfg = _config(p, batch_syn=p["batch_syn"].get(ipc), unroll=True)
     obj = tm.make_trajectory_matching(cfg, num_classes=data.num_classes, image_shape=data.train_x.shape[1:],

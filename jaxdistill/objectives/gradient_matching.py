@@ -58,8 +58,10 @@ class GradientMatchingConfig:
       ``lax.cond`` (the inner training then also runs, discarded, on the reset step). Same result; on XLA:CPU
       it runs ~12× faster (convolutions inside a compiled loop or conditional body are emitted as slow loop
       fusions; measured: 10 SGD steps of a ConvNet-32 on 100 images, 10.8–11.2 s in ``fori_loop`` or inside
-      ``lax.cond`` vs 0.7 s unrolled) at the cost of a much longer compile (~5 min for IPC 10's 50 DSA steps
-      of ConvNet-128). Off by default (GPUs/TPUs run compiled loops at full speed).
+      ``lax.cond`` vs 0.7 s unrolled) at the cost of a compile that grows with the unrolled steps: for IPC
+      10's 50 DSA steps of ConvNet-128 it took over 5 min (plus a second, longer phase at the first run), so
+      it pays off for small networks or few inner steps. Off by default (GPUs/TPUs run compiled loops at full
+      speed).
   """
   arch: str = "convnet"
   width: int = 128
