@@ -68,10 +68,9 @@ def _protocol(quick: bool):
                      10: {"dm": 100, "dm_l1": 100, "dsa": 10, "dc": 10}},
               # DC/DSA start from noise in the papers; 10 image updates cannot train 100 images from noise.
               init={10: {"dc": "real", "dsa": "real"}},
-              # IPC 10's inner loop (50 epochs of the matching net per image update) is cut to 10 on CPU: XLA:CPU
-              # runs the convolutions of a compiled inner loop ~12x slower, and the straight-line alternative
-              # (unroll_inner) took over 20 min to compile and run at width 128 here.
-              config={10: {"dc": {"inner_loop": 10}, "dsa": {"inner_loop": 10}}})
+              # DC/DSA's inner network training as a host loop of jitted SGD steps (same computation; XLA:CPU
+              # runs the convolutions of the compiled inner loop ~12x slower).
+              config={ipc: {"dc": {"host_inner": True}, "dsa": {"host_inner": True}} for ipc in (1, 10)})
 
 
 def run(quick: bool = False, select=None):

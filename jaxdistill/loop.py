@@ -135,7 +135,8 @@ def make_step(objective: Objective, param: Parameterisation, config: LoopConfig,
 
   ``real_x [N, H, W, C]`` is passed as an argument (not baked into the program); ``index`` is the
   :class:`~jaxdistill.data.ClassIndex` of the real labels. With a ``mesh`` (:mod:`jaxdistill.sharding`) the
-  real batch is split across its devices (same result as one device).
+  real batch is split across its devices (same result as one device). An objective with a ``host_update``
+  has it run after the jitted step (with the key and rendered set the in-step ``update`` would get).
   """
   tx = make_optimizer(config)
   n = int(config.real_per_class)
@@ -164,7 +165,7 @@ def make_step(objective: Objective, param: Parameterisation, config: LoopConfig,
     updates, opt_state = tx.update(grads, state.opt_state, state.syn.params)
     syn = state.syn._replace(params=optax.apply_updates(state.syn.params, updates))
     obj_state = state.obj_state
-    if objective.update is not None:
+    if objective.update is not None and objective.host_update is None:
       extra = (data,) if with_data else ()
       obj_state = objective.update(obj_state, render(syn), k_upd, *extra)
     return LoopState(syn, opt_state, obj_state, state.step + 1), loss
@@ -173,7 +174,23 @@ def make_step(objective: Objective, param: Parameterisation, config: LoopConfig,
   data = objective.data
   if mesh is not None:  # global copies, so the same code runs with several processes (jax.distributed)
     index, data = sharding.replicate((index, data), mesh)
-  return lambda state, key, real_x: jitted(state, key, real_x, index, data)
+  if objective.host_update is None:
+    return lambda state, key, real_x: jitted(state, key, real_x, index, data)
+
+  @jax.jit
+  def update_inputs(syn, key, step):
+    """The rendered (updated) set and the update key of the step that has just run (as in ``step``)."""
+    k = jax.random.fold_in(key, step)
+    batch = param.render(syn, jax.random.fold_in(k, 3)) if param.needs_key else param.render(syn)
+    return batch, jax.random.split(k, 3)[2]
+
+  def run(state, key, real_x):
+    new, loss = jitted(state, key, real_x, index, data)
+    batch, k_upd = update_inputs(new.syn, key, state.step)
+    extra = (data,) if with_data else ()
+    return new._replace(obj_state=objective.host_update(new.obj_state, batch, k_upd, *extra)), loss
+
+  return run
 
 
 def _key_data(key) -> np.ndarray:

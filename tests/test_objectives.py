@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from x64compat import enable_x64
 
-from jaxdistill import objectives, synthetic
+from jaxdistill import loop, objectives, synthetic
 from jaxdistill.objectives import RealBatch, match_distance
 from jaxdistill.objectives.gradient_matching import default_loops
 
@@ -205,22 +205,36 @@ def test_gm_class_batch_matches_vmap():
   np.testing.assert_allclose(float(la), float(lb), rtol=1e-5)
 
 
-def test_dc_unrolled_inner_training_equals_fori_loop():
+def test_dc_host_inner_training_equals_the_jitted_update_and_loop(fmnist_train):
+  """``host_inner``: the host loop of jitted SGD steps computes DC's jitted inner training (updates, reset to a
+  fresh network every ``outer_loop``), and the loop using it gives the same synthetic images."""
   obj_a, real, syn_x, labels = _problem("dsa", ipc=2, outer_loop=3, inner_loop=2, batch_train=4)
-  obj_b = objectives.make_objective("dsa", dataclasses.replace(obj_a.config, unroll_inner=True), num_classes=3,
+  obj_b = objectives.make_objective("dsa", dataclasses.replace(obj_a.config, host_inner=True), num_classes=3,
                                     image_shape=SHAPE, ipc=2)
+  assert obj_a.host_update is None and obj_b.host_update is not None
   syn = synthetic.SyntheticBatch(syn_x, labels)
-  s0 = obj_a.init(jax.random.PRNGKey(0))
-  a = jax.jit(obj_a.update)(s0, syn, jax.random.PRNGKey(1))
-  b = jax.jit(obj_b.update)(s0, syn, jax.random.PRNGKey(1))
-  leaf = lambda s: np.asarray(jax.tree_util.tree_leaves(s.net.variables["params"])[-1])
-  a3, b3 = a, b  # the third update draws a fresh network in both (select instead of lax.cond)
-  for k in (2, 3):
-    a3 = obj_a.update(a3, syn, jax.random.PRNGKey(k))
-    b3 = obj_b.update(b3, syn, jax.random.PRNGKey(k))
-  np.testing.assert_array_equal(leaf(a3), leaf(b3))
-  np.testing.assert_array_equal(leaf(b3), leaf(obj_a.init(jax.random.split(jax.random.PRNGKey(3))[0])))
-  moved = jax.tree_util.tree_map(lambda p, q: float(jnp.max(jnp.abs(p - q))), s0.net.variables, a.net.variables)
-  assert max(jax.tree_util.tree_leaves(moved)) > 1e-4  # 2 epochs x 2 minibatches of 4 actually trained it
-  diff = jax.tree_util.tree_map(lambda p, q: float(jnp.max(jnp.abs(p - q))), a.net.variables, b.net.variables)
-  assert max(jax.tree_util.tree_leaves(diff)) < 1e-5
+  a = b = s0 = obj_a.init(jax.random.PRNGKey(0))
+  leaves = lambda s: jax.tree_util.tree_leaves(s.net.variables)
+  for k in (1, 2, 3):
+    a = jax.jit(obj_a.update)(a, syn, jax.random.PRNGKey(k))
+    b = obj_b.host_update(b, syn, jax.random.PRNGKey(k))
+    if k == 1:  # 2 epochs x 2 minibatches of 4 actually trained it
+      assert max(float(jnp.max(jnp.abs(p - q))) for p, q in zip(leaves(s0), leaves(a))) > 1e-4
+    assert max(float(jnp.max(jnp.abs(p - q))) for p, q in zip(leaves(a), leaves(b))) < 1e-5
+    assert int(a.count) == int(b.count) == k
+  # The third update drew a fresh network in both.
+  for p, q in zip(leaves(b), leaves(obj_a.init(jax.random.split(jax.random.PRNGKey(3))[0]))):
+    np.testing.assert_array_equal(np.asarray(p), np.asarray(q))
+  # In the loop (DC on real Fashion-MNIST, IPC 2, outer 2 / inner 2): same images either way.
+  x, y, spec = fmnist_train
+  out = []
+  for host in (False, True):
+    cfg = objectives.default_config("dc", width=8, outer_loop=2, inner_loop=2, host_inner=host)
+    obj = objectives.make_objective("dc", cfg, num_classes=10, image_shape=x.shape[1:], ipc=2)
+    init = synthetic.init_pixels(jax.random.PRNGKey(0), "real", x, y, 10, 2)
+    lc = loop.LoopConfig(iterations=3, real_per_class=4, lr_img=0.1)
+    out.append(loop.distill(obj, synthetic.PIXELS, init, x, y, 10, jax.random.PRNGKey(1), lc, progress=False))
+  np.testing.assert_allclose(np.asarray(out[0].state.syn.params["images"]),
+                             np.asarray(out[1].state.syn.params["images"]), atol=1e-5)
+  np.testing.assert_allclose(out[0].losses, out[1].losses, rtol=1e-4)
+  assert int(out[1].state.obj_state.count) == 3

@@ -6,7 +6,10 @@ An :class:`Objective` is a bundle of pure functions:
 * ``loss(obj_state, syn, real, key) -> (loss, aux)`` — differentiable w.r.t. ``syn.images`` (and other
   rendered quantities); ``real`` is a class-balanced :class:`RealBatch`;
 * ``update(obj_state, syn, key) -> obj_state`` — run after each image update (DC's inner network training),
-  or None.
+  or None;
+* ``host_update`` (optional) — the same update as ``update``, written as a host loop of jitted steps; when
+  set, the distillation loop runs it after its jitted step instead of ``update`` inside it (XLA:CPU runs
+  convolutions inside compiled loops ~12x slower; see ``GradientMatchingConfig.host_inner``).
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ class Objective(NamedTuple):
   update: Optional[Callable]
   config: Any
   data: Any = None
+  host_update: Optional[Callable] = None
 
 
 def per_class(images, labels, num_classes: int):

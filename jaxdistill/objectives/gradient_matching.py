@@ -53,15 +53,13 @@ class GradientMatchingConfig:
     outer_loop, inner_loop: None = from the IPC (:func:`default_loops`).
     batch_train: minibatch size of the inner training.
     class_batch: 0 = all classes in one ``vmap``; k > 0 = k classes at a time (bounds memory).
-    unroll_inner: trace the inner training (``inner_loop`` epochs × minibatch steps) as straight-line code
-      instead of ``lax.fori_loop``, and pick "fresh network or trained one" with a select instead of
-      ``lax.cond`` (the inner training then also runs, discarded, on the reset step). Same result; on XLA:CPU
-      it runs ~12× faster (convolutions inside a compiled loop or conditional body are emitted as slow loop
-      fusions; measured: 10 SGD steps of a ConvNet-32 on 100 images, 10.8–11.2 s in ``fori_loop`` or inside
-      ``lax.cond`` vs 0.7 s unrolled) at the cost of a compile that grows with the unrolled steps: for IPC
-      10's 50 DSA steps of ConvNet-128 it took over 5 min (plus a second, longer phase at the first run), so
-      it pays off for small networks or few inner steps. Off by default (GPUs/TPUs run compiled loops at full
-      speed).
+    host_inner: also build ``Objective.host_update``: the inner training as a host loop of one jitted SGD
+      step, which the distillation loop runs after its jitted image update instead of ``update`` (a
+      ``lax.cond`` around ``fori_loop`` s) inside it. Same computation (tested); on XLA:CPU much faster, because
+      convolutions inside a compiled loop or conditional body are emitted as slow loop fusions (10 SGD steps
+      of a ConvNet-32 on 100 images: 10.8–11.2 s in a ``fori_loop`` or inside ``lax.cond``, 0.9 s as a host
+      loop). ``update`` stays the pure, jittable form. Off by default (accelerators run compiled loops at
+      full speed).
   """
   arch: str = "convnet"
   width: int = 128
@@ -75,7 +73,7 @@ class GradientMatchingConfig:
   inner_loop: Optional[int] = None
   batch_train: int = 256
   class_batch: int = 0
-  unroll_inner: bool = False
+  host_inner: bool = False
 
   def validate(self):
     check_choice("arch", self.arch, models.ARCHITECTURES)
@@ -194,9 +192,9 @@ def make_gradient_matching(config: GradientMatchingConfig, *, num_classes: int, 
         net, _ = training.train_step(model, tx, net, images[idx], labels[idx], jax.random.fold_in(ek, s + 1),
                                      weights=mask[s] if pad else None, dsa=dsa)
         return net
-      return jax.lax.fori_loop(0, steps, step, net, unroll=steps if config.unroll_inner else 1)
+      return jax.lax.fori_loop(0, steps, step, net)
 
-    return jax.lax.fori_loop(0, inner, epoch, net, unroll=inner if config.unroll_inner else 1)
+    return jax.lax.fori_loop(0, inner, epoch, net)
 
   def update(state: GMState, syn, key):
     """After an image update: a fresh network every ``outer_loop`` updates, else ``inner_loop`` epochs of
@@ -207,13 +205,47 @@ def make_gradient_matching(config: GradientMatchingConfig, *, num_classes: int, 
     k_new, k_train = jax.random.split(key)
     if outer == 1:
       net = fresh(k_new)
-    elif config.unroll_inner:  # no lax.cond either: its branches are compiled loop-like bodies too
-      reset = count % outer == 0
-      net = jax.tree_util.tree_map(lambda a, b: jnp.where(reset, a, b), fresh(k_new),
-                                   train_net(state.net, images, labels, k_train))
     else:
       net = jax.lax.cond(count % outer == 0, lambda: fresh(k_new),
                          lambda: train_net(state.net, images, labels, k_train))
     return GMState(net, count)
 
-  return Objective(name, init, loss, update, config)
+  host_update = None
+  if config.host_inner:
+    fresh_jit = jax.jit(fresh)
+
+    @jax.jit
+    def epoch_order(key, e, images):
+      """The epoch's key and minibatch order ``[steps, bs]`` (as in :func:`train_net`)."""
+      n = images.shape[0]
+      bs = min(config.batch_train, n)
+      steps = -(-n // bs)
+      ek = jax.random.fold_in(key, e)
+      perm = jax.random.permutation(ek, n)
+      return ek, jnp.concatenate([perm, jnp.zeros((steps * bs - n,), perm.dtype)]).reshape(steps, bs)
+
+    @jax.jit
+    def host_step(net, images, labels, order, ek, s):
+      n = images.shape[0]
+      steps, bs = order.shape
+      pad = steps * bs - n
+      mask = jnp.concatenate([jnp.ones((n,)), jnp.zeros((pad,))]).reshape(steps, bs)
+      idx = order[s]
+      return training.train_step(model, tx, net, images[idx], labels[idx], jax.random.fold_in(ek, s + 1),
+                                 weights=mask[s] if pad else None, dsa=dsa)[0]
+
+    def host_update(state: GMState, syn, key):
+      """:func:`update` as a host loop of jitted SGD steps (same keys, same computation)."""
+      count = state.count + 1
+      k_new, k_train = jax.random.split(key)
+      if outer == 1 or int(count) % outer == 0:
+        return GMState(fresh_jit(k_new), count)
+      images, labels = jax.lax.stop_gradient(syn.images), syn.labels
+      net = state.net
+      for e in range(inner):
+        ek, order = epoch_order(k_train, jnp.int32(e), images)
+        for s in range(order.shape[0]):
+          net = host_step(net, images, labels, order, ek, jnp.int32(s))
+      return GMState(net, count)
+
+  return Objective(name, init, loss, update, config, host_update=host_update)
