@@ -175,24 +175,29 @@ def make_gradient_matching(config: GradientMatchingConfig, *, num_classes: int, 
     dist = map_classes(one, (real_x, real_y, syn_x, syn_y), config.class_batch)
     return jnp.sum(dist), {"per_class": dist}
 
-  def train_net(net, images, labels, key):
-    n = images.shape[0]
+  def epoch_order(key, e, n: int):
+    """Epoch ``e``'s key and minibatch order ``[steps, bs]`` over ``n`` images (the last row padded)."""
     bs = min(config.batch_train, n)
     steps = -(-n // bs)
+    ek = jax.random.fold_in(key, e)
+    perm = jax.random.permutation(ek, n)
+    return ek, jnp.concatenate([perm, jnp.zeros((steps * bs - n,), perm.dtype)]).reshape(steps, bs)
+
+  def sgd_step(net, images, labels, order, ek, s):
+    """One inner SGD step (per-image DSA when on) on minibatch ``order[s]``; padding is masked out."""
+    n = images.shape[0]
+    steps, bs = order.shape
     pad = steps * bs - n
     mask = jnp.concatenate([jnp.ones((n,)), jnp.zeros((pad,))]).reshape(steps, bs)
+    idx = order[s]
+    return training.train_step(model, tx, net, images[idx], labels[idx], jax.random.fold_in(ek, s + 1),
+                               weights=mask[s] if pad else None, dsa=dsa)[0]
 
+  def train_net(net, images, labels, key):
     def epoch(e, net):
-      ek = jax.random.fold_in(key, e)
-      perm = jax.random.permutation(ek, n)
-      order = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)]).reshape(steps, bs)
-
-      def step(s, net):
-        idx = order[s]
-        net, _ = training.train_step(model, tx, net, images[idx], labels[idx], jax.random.fold_in(ek, s + 1),
-                                     weights=mask[s] if pad else None, dsa=dsa)
-        return net
-      return jax.lax.fori_loop(0, steps, step, net)
+      ek, order = epoch_order(key, e, images.shape[0])
+      return jax.lax.fori_loop(0, order.shape[0], lambda s, net: sgd_step(net, images, labels, order, ek, s),
+                               net)
 
     return jax.lax.fori_loop(0, inner, epoch, net)
 
@@ -213,26 +218,8 @@ def make_gradient_matching(config: GradientMatchingConfig, *, num_classes: int, 
   host_update = None
   if config.host_inner:
     fresh_jit = jax.jit(fresh)
-
-    @jax.jit
-    def epoch_order(key, e, images):
-      """The epoch's key and minibatch order ``[steps, bs]`` (as in :func:`train_net`)."""
-      n = images.shape[0]
-      bs = min(config.batch_train, n)
-      steps = -(-n // bs)
-      ek = jax.random.fold_in(key, e)
-      perm = jax.random.permutation(ek, n)
-      return ek, jnp.concatenate([perm, jnp.zeros((steps * bs - n,), perm.dtype)]).reshape(steps, bs)
-
-    @jax.jit
-    def host_step(net, images, labels, order, ek, s):
-      n = images.shape[0]
-      steps, bs = order.shape
-      pad = steps * bs - n
-      mask = jnp.concatenate([jnp.ones((n,)), jnp.zeros((pad,))]).reshape(steps, bs)
-      idx = order[s]
-      return training.train_step(model, tx, net, images[idx], labels[idx], jax.random.fold_in(ek, s + 1),
-                                 weights=mask[s] if pad else None, dsa=dsa)[0]
+    epoch_order_jit = jax.jit(epoch_order, static_argnums=2)
+    sgd_step_jit = jax.jit(sgd_step)
 
     def host_update(state: GMState, syn, key):
       """:func:`update` as a host loop of jitted SGD steps (same keys, same computation)."""
@@ -243,9 +230,9 @@ def make_gradient_matching(config: GradientMatchingConfig, *, num_classes: int, 
       images, labels = jax.lax.stop_gradient(syn.images), syn.labels
       net = state.net
       for e in range(inner):
-        ek, order = epoch_order(k_train, jnp.int32(e), images)
+        ek, order = epoch_order_jit(k_train, jnp.int32(e), images.shape[0])
         for s in range(order.shape[0]):
-          net = host_step(net, images, labels, order, ek, jnp.int32(s))
+          net = sgd_step_jit(net, images, labels, order, ek, jnp.int32(s))
       return GMState(net, count)
 
   return Objective(name, init, loss, update, config, host_update=host_update)
