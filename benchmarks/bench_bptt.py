@@ -4,10 +4,13 @@ Fashion-MNIST with a ConvNet.
 Rows (``run(quick)`` yields them as they are measured):
 
 * accuracy rows, IPC 1 and 10: DD (pixels + learned inner lr) and LD (learned soft labels of fixed real
-  images), each distilled with a reduced CPU budget stated in ``protocol`` and evaluated under the shared
+  images; ``ld`` from uniform labels as in LD, ``ld_one_hot`` from the images' one-hot labels), each
+  distilled with a reduced CPU budget stated in ``protocol`` and evaluated under the shared
   :data:`benchmarks.common.EVAL` protocol (lr 0.01 as for every method, so rows are comparable; the learned α
   only drives the inner unroll). ``unrolled_accuracy_mean`` adds DD's own protocol: fresh networks trained
-  by the learned ``T``-step unroll (learned α), tested on the same test images;
+  by the learned ``T``-step unroll (learned α), tested on the same test images. LD rows also give
+  ``base_hard_labels_accuracy_*``: LD's baseline, the same base images with their hard labels under the same
+  evaluation;
 * speed rows (``bptt_speed``): steady-state seconds per distillation iteration at IPC 10 and the compiled
   program's temporary memory (XLA's memory analysis of the jitted step), with and without ``jax.checkpoint``
   on the inner steps, for T = 10 and T = 30.
@@ -29,17 +32,20 @@ from jaxdistill.objectives import bptt
 
 def _protocol(quick: bool):
   if quick:
-    return dict(width=8, inner_steps=3, real_per_class=8, ipcs=(1,), iterations={"dd": 3, "ld": 3},
+    return dict(width=8, inner_steps=3, real_per_class=8, ipcs=(1,), iterations={"dd": 3, "ld": 3, "ld_one_hot": 3},
                 speed_steps=(3,), speed_real=8, repeats=2)
-  return dict(width=32, inner_steps=10, real_per_class=32, ipcs=(1, 10), iterations={"dd": 60, "ld": 60},
+  return dict(width=32, inner_steps=10, real_per_class=32, ipcs=(1, 10),
+              iterations={"dd": 60, "ld": 60, "ld_one_hot": 60},
               speed_steps=(10, 30), speed_real=32, repeats=3)
 
 
 # Reduced-budget outer settings (Adam, as in DD/LD): DD lr 0.01 (the paper's), LD 0.01 (10× its paper lr, to
 # move labels within the short budget); DD starts from real images here (the paper: noise) so that a short run
-# yields a usable set.
-LR_IMG = {"dd": 0.01, "ld": 0.01}
-INIT = {"dd": "real", "ld": "real"}
+# yields a usable set. ``ld`` starts from uniform labels (LD's start: the labels must discover every class from
+# the meta-gradient), ``ld_one_hot`` from the base images' one-hot labels (a short run refines them).
+LR_IMG = {"dd": 0.01, "ld": 0.01, "ld_one_hot": 0.01}
+INIT = {"dd": "real", "ld": "real", "ld_one_hot": "real"}
+ROWS = (("dd", "dd", {}), ("ld", "ld", {}), ("ld_one_hot", "ld", {"label_start": "one_hot"}))  # (row, objective, cfg)
 
 
 def _config(method: str, p, ipc: int, **kw):
@@ -51,8 +57,9 @@ def _config(method: str, p, ipc: int, **kw):
 
 def _init(method, cfg, key, data, ipc):
   if method == "ld":
-    return synthetic.LABELS_ONLY, synthetic.init_labels(key, INIT[method], data.train_x, data.train_y,
-                                                        data.num_classes, ipc, label_start=cfg.label_start)
+    syn = synthetic.init_labels(key, "real", data.train_x, data.train_y, data.num_classes, ipc,
+                                label_start=cfg.label_start)
+    return synthetic.labels_only(cfg.label_projection), syn
   return synthetic.PIXELS, synthetic.init_pixels(key, INIT[method], data.train_x, data.train_y, data.num_classes,
                                                  ipc, learn_lr=cfg.inner_lr if cfg.learn_lr else None)
 
@@ -100,38 +107,58 @@ def obj_real_batch(data, n: int):
                               jnp.broadcast_to(jnp.arange(data.num_classes, dtype=jnp.int32)[:, None], idx.shape))
 
 
-def run(quick: bool = False):
-  """Benchmark rows (see module docstring)."""
+def run(quick: bool = False, select=None):
+  """Benchmark rows (see module docstring); ``select(method, ipc)`` (None: all) picks rows (speed rows are
+  ``("dd", 10)``)."""
+  select = select or (lambda method, ipc: True)
   p = _protocol(quick)
   ev = common.eval_protocol(quick)
   data = common.load_data(quick)
   evaluator = common.make_evaluator(data, quick)
   nc = data.num_classes
+  hard_cache = {}
   for ipc in p["ipcs"]:
-    for method in ("dd", "ld"):
+    for name, method, overrides in ROWS:
+      if not select(name, ipc):
+        continue
       key = jax.random.PRNGKey(100 + ipc)
-      cfg = _config(method, p, ipc)
+      cfg = _config(method, p, ipc, **overrides)
       obj = objectives.make_objective(method, cfg, num_classes=nc, image_shape=data.train_x.shape[1:], ipc=ipc)
       param, syn = _init(method, cfg, key, data, ipc)
-      iters = p["iterations"][method]
-      lc = loop.LoopConfig(iterations=iters, real_per_class=p["real_per_class"], lr_img=LR_IMG[method],
+      iters = p["iterations"][name]
+      lc = loop.LoopConfig(iterations=iters, real_per_class=p["real_per_class"], lr_img=LR_IMG[name],
                            optimizer="adam")
       out = loop.distill(obj, param, syn, data.train_x, data.train_y, nc, key, lc, progress=False)
       batch = param.render(out.state.syn)
       res = evaluator(synthetic.SyntheticBatch(batch.images, batch.labels), jax.random.fold_in(key, 2))
       unrolled = bptt.unrolled_accuracy(cfg, batch, jax.random.fold_in(key, 3), data.test_x, data.test_y, nc,
                                         num_models=3 if quick else 5)
+      # LD's own baseline: the same base images (same key for both LD rows) with their hard labels, evaluated
+      # the same way.
+      hard = None
+      if method == "ld":
+        if ipc not in hard_cache:
+          hard_cache[ipc] = evaluator(synthetic.SyntheticBatch(syn.const["images"], syn.const["labels"]),
+                                      jax.random.fold_in(key, 2))
+        hard = hard_cache[ipc]
       learned = "pixels + inner lr" if method == "dd" else "soft labels of fixed real images"
       yield common.row(
-          "bptt", method, ipc, result=res, seconds_per_iteration=out.seconds_per_iteration,
+          "bptt", name, ipc, result=res, seconds_per_iteration=out.seconds_per_iteration,
           published=common.published(method, ipc),
           unrolled_accuracy_mean=float(np.mean(unrolled)), unrolled_accuracy_std=float(np.std(unrolled)),
           learned_lr=None if batch.lr is None else float(batch.lr),
           loss_first=float(out.losses[0]), loss_last=float(np.mean(out.losses[-5:])),
-          protocol=(f"{method.upper()} learns {learned}; {iters} iterations, Adam lr {LR_IMG[method]}, "
-                    f"{p['real_per_class']} real/class, init {INIT[method]}, inner ConvNet-{p['width']}, "
+          base_hard_labels_accuracy_mean=None if hard is None else hard.mean,
+          base_hard_labels_accuracy_std=None if hard is None else hard.std,
+          protocol=(f"{method.upper()} learns {learned}; {iters} iterations, Adam lr {LR_IMG[name]}, "
+                    f"{p['real_per_class']} real/class, init {INIT[name]}, inner ConvNet-{p['width']}, "
                     f"T={cfg.inner_steps} SGD steps (batch_per_class {cfg.batch_per_class or 'all'}, "
-                    f"alpha0 {cfg.inner_lr}); {ev.describe()} (lr 0.01, not the learned alpha)"))
+                    f"alpha0 {cfg.inner_lr}"
+                    + (f", labels from {cfg.label_start}, projection {cfg.label_projection}"
+                       if method == "ld" else "")
+                    + f"); {ev.describe()} (lr 0.01, not the learned alpha)"))
+  if not select("dd", 10 if not quick else 1):
+    return
   for steps in p["speed_steps"]:
     for ckpt in (False, True):
       s = speed(data, 10 if not quick else 1, steps, ckpt, p["width"], p["speed_real"], p["repeats"])

@@ -57,6 +57,19 @@ def _reference(rows, method, ipc, eval_protocol=None):
   return found[0] if (found and method == "whole_dataset") else None
 
 
+def _also(row) -> str:
+  """The row's other accuracies (non-standard keys with "accuracy", e.g. DD's unrolled accuracy, LD's hard-label
+  baseline, KIP's KRR accuracy) as ``name m ± s`` in %, ``; ``-separated."""
+  parts = []
+  for k, v in row.items():
+    if k in _STANDARD or "accuracy" not in k or k.endswith("_std") or not isinstance(v, float):
+      continue
+    name = k[:-len("_mean")] if k.endswith("_mean") else k
+    std = row.get(name + "_std")
+    parts.append(f"{name} {100 * v:.1f}" + (f" ± {100 * std:.1f}" if isinstance(std, float) else ""))
+  return "; ".join(parts) or "–"
+
+
 def summary_table(results: List[Dict]) -> str:
   """Markdown: one row per (method, IPC) with an accuracy, across every non-quick benchmark."""
   rows = [{"benchmark": res["benchmark"], **r} for res in results if not res.get("quick") for r in res["rows"]]
@@ -92,12 +105,13 @@ def section(res: Dict) -> str:
     out += ["", "Protocols:"] + [f"- P{i + 1}: {p}" for i, p in enumerate(protocols)]
   acc = [r for r in rows if r.get("test_accuracy_mean") is not None]
   if acc:
-    out += ["", "| method | IPC | accuracy (%) | s / iteration | peak MB | published (%) | protocol |",
-            "|---|---|---|---|---|---|---|"]
+    out += ["", "| method | IPC | accuracy (%) | also measured (%) | s / iteration | peak MB | published (%) | "
+            "protocol |", "|---|---|---|---|---|---|---|---|"]
     for r in acc:
       p = f"P{protocols.index(r['protocol']) + 1}" if r.get("protocol") in protocols else "–"
-      out.append(f"| {r['method']} | {_num(r.get('ipc'))} | {_acc(r)} | {_num(r.get('seconds_per_iteration'))} | "
-                 f"{_num(r.get('peak_memory_mb'), '{:.0f}')} | {_num(r.get('published'))} | {p} |")
+      out.append(f"| {r['method']} | {_num(r.get('ipc'))} | {_acc(r)} | {_also(r)} | "
+                 f"{_num(r.get('seconds_per_iteration'))} | {_num(r.get('peak_memory_mb'), '{:.0f}')} | "
+                 f"{_num(r.get('published'))} | {p} |")
   other = [r for r in rows if r.get("test_accuracy_mean") is None]
   if other:
     keys = []

@@ -272,7 +272,8 @@ for _name in ("kip", "rfad", "frepo"):
 def build_bptt(args, data, obj_cfg, init, key):
   """DD / LD (BPTT, :mod:`jaxdistill.objectives.bptt`): DD learns pixels (and the inner lr α, initialised to
   ``inner_lr``, and soft labels with ``--learn-labels``); LD learns the soft labels of fixed real base images
-  (``labels_only``), with α learned only when ``learn_lr`` is set."""
+  (``labels_only``), with α learned only when ``learn_lr`` is set. Learned labels are projected as
+  ``label_projection`` says (LD: onto the simplex, as LD's code)."""
   from jaxdistill.synthetic.labels import initial_labels
 
   spec = data.spec
@@ -282,11 +283,12 @@ def build_bptt(args, data, obj_cfg, init, key):
   if args.method == "ld":
     syn = synthetic.init_labels(key, init, data.train_x, data.train_y, spec.num_classes, args.ipc,
                                 label_scale=obj_cfg.label_scale, label_start=obj_cfg.label_start, learn_lr=lr)
-    return objective, synthetic.LABELS_ONLY, syn
+    return objective, synthetic.labels_only(obj_cfg.label_projection), syn
   syn = synthetic.init_pixels(key, init, data.train_x, data.train_y, spec.num_classes, args.ipc, learn_lr=lr)
   if obj_cfg.learn_labels:
     labels = initial_labels(syn.const["labels"], spec.num_classes, obj_cfg.label_start, obj_cfg.label_scale)
     syn = syn._replace(params={**syn.params, "labels": labels})
+    return objective, synthetic.PIXELS._replace(project=synthetic.label_projection(obj_cfg.label_projection)), syn
   return objective, synthetic.PIXELS, syn
 
 

@@ -2,7 +2,8 @@
 
 One jitted step: sample a class-balanced real batch (:func:`jaxdistill.data.sample_balanced`), render the
 synthetic set, ``jax.value_and_grad`` of the objective w.r.t. the learnable parameters, an optax update
-(SGD momentum 0.5 by default, as in DC/DSA/DM), then the objective's ``update`` hook (DC's inner network
+(SGD momentum 0.5 by default, as in DC/DSA/DM), the parameterisation's ``project`` (if any, e.g. LD's labels
+onto the simplex), then the objective's ``update`` hook (DC's inner network
 training). Around it, on the host: the loss log, evaluation every ``eval_every`` iterations, checkpoints
 (``.npz`` via :mod:`jaxdistill.io`, no pickle) and a progress bar.
 
@@ -163,7 +164,8 @@ def make_step(objective: Objective, param: Parameterisation, config: LoopConfig,
 
     (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.syn.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.syn.params)
-    syn = state.syn._replace(params=optax.apply_updates(state.syn.params, updates))
+    params = optax.apply_updates(state.syn.params, updates)
+    syn = state.syn._replace(params=params if param.project is None else param.project(params))
     obj_state = state.obj_state
     if objective.update is not None and objective.host_update is None:
       extra = (data,) if with_data else ()

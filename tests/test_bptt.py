@@ -135,7 +135,10 @@ def test_per_step_learning_rates_and_validation():
     bptt.make_bptt(_config(batch_per_class=3), num_classes=NC, image_shape=SHAPE, ipc=IPC)
   for bad, match in ((dict(inner_steps=0), "inner_steps"), (dict(inner_momentum=1.0), "inner_momentum"),
                      (dict(label_transform="sigmoid"), "label_transform"), (dict(lr_lr=-1.0), "lr_lr"),
-                     (dict(label_start="zeros"), "label_start"), (dict(checkpoint=1), "checkpoint")):
+                     (dict(label_start="zeros"), "label_start"), (dict(checkpoint=1), "checkpoint"),
+                     (dict(label_projection="l2"), "label_projection"),
+                     (dict(label_projection="simplex", label_transform="softmax"), "label_transform='raw'"),
+                     (dict(label_projection="simplex", label_scale=2.0), "label_scale=1")):
     with pytest.raises(ValueError, match=match):
       _config(**bad).validate()
 
@@ -171,8 +174,35 @@ def test_ld_learns_labels_not_images():
   batch = synthetic.LABELS_ONLY.render(out.state.syn)
   np.testing.assert_array_equal(np.asarray(batch.images), base)
   assert batch.lr is None
-  assert float(np.max(np.abs(np.asarray(batch.labels) - 1.0 / NC))) > 1e-2
+  learned = np.asarray(batch.labels)
+  assert float(np.max(np.abs(learned - 1.0 / NC))) > 1e-2
   assert np.all(np.isfinite(out.losses))
+  # LD's projection: after every update the labels are probability vectors again.
+  assert learned.min() >= 0.0 and learned.max() <= 1.0
+  np.testing.assert_allclose(learned.sum(1), 1.0, rtol=1e-5)
+  # Without it (labels_only_raw) the same run leaves the simplex: Adam moves every entry by about the lr.
+  raw = loop.distill(obj, synthetic.LABELS_ONLY_RAW, syn, images, labels, NC, key, lc, progress=False)
+  raw_labels = np.asarray(synthetic.LABELS_ONLY_RAW.render(raw.state.syn).labels)
+  assert np.max(np.abs(raw_labels.sum(1) - 1.0)) > 1e-2 or raw_labels.min() < 0.0
+
+
+def test_simplex_projection_of_labels():
+  rows = jnp.array([[0.2, -0.1, 0.5], [-1.0, -2.0, -3.0], [0.5, 0.3, 0.2], [3.0, 0.5, 0.0]], jnp.float32)
+  out = np.asarray(synthetic.project_simplex(rows))
+  np.testing.assert_allclose(out[0], [0.2 / 0.7, 0.0, 0.5 / 0.7], rtol=1e-6)  # clip, then renormalise
+  np.testing.assert_allclose(out[1], 1.0 / 3.0, rtol=1e-6)  # clipped to zeros: uniform, not NaN
+  np.testing.assert_allclose(out[2], [0.5, 0.3, 0.2], rtol=1e-6)  # probability vectors are fixed points
+  np.testing.assert_allclose(out[3], [1.0 / 1.5, 0.5 / 1.5, 0.0], rtol=1e-6)  # entries above 1 clip to 1
+  np.testing.assert_allclose(np.asarray(synthetic.project_simplex(jnp.asarray(out))), out, rtol=1e-6)
+  project = synthetic.label_projection("simplex")
+  params = {"labels": rows, "lr": jnp.float32(-1.0)}
+  projected = project(params)
+  np.testing.assert_allclose(np.asarray(projected["labels"]), out, rtol=1e-6)
+  assert float(projected["lr"]) == -1.0  # only the labels are projected
+  assert project({"images": rows}) == {"images": rows}
+  assert synthetic.label_projection("none") is None and synthetic.LABELS_ONLY_RAW.project is None
+  with pytest.raises(ValueError, match="label projection"):
+    synthetic.label_projection("l1")
 
 
 TINY = ["--ipc", "1", "--real-per-class", "4", "--width", "8", "--eval-models", "1", "--eval-epochs", "2",
@@ -199,6 +229,8 @@ def test_cli_dd_and_ld(tmp_path, method):
   else:
     assert payload["parameterisation"] == "labels_only" and syn["lr"] is None
     assert not np.allclose(syn["labels"], 0.1)
+    np.testing.assert_allclose(syn["labels"].sum(1), 1.0, rtol=1e-5)  # LD's simplex projection
+    assert syn["labels"].min() >= 0.0
 
 
 @pytest.mark.slow

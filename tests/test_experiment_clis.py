@@ -55,7 +55,8 @@ def test_benchmark_report_from_rows(tmp_path):
        "protocol": ev, "machine": "cpu"},
       {"method": "dm", "ipc": 10, "test_accuracy_mean": 0.81, "test_accuracy_std": 0.005, "eval_protocol": ev,
        "protocol": "dm 200 its; " + ev, "seconds_per_iteration": 0.9, "peak_memory_mb": 1500.0,
-       "published": None, "machine": "cpu"},
+       "published": None, "machine": "cpu", "base_hard_labels_accuracy_mean": 0.7,
+       "base_hard_labels_accuracy_std": 0.02, "krr_test_accuracy": 0.85},
       {"method": "dm", "ipc": 10, "test_accuracy_mean": None, "seconds_per_iteration": 2.5,
        "conv_forward_share": 0.4, "protocol": "speed", "machine": "cpu"},
   ]
@@ -67,6 +68,7 @@ def test_benchmark_report_from_rows(tmp_path):
   text = open(path).read()
   assert "| dm | 10 | 81.0 ± 0.5 | 75.0 ± 1.0 |" in text  # the random reference under the same evaluation
   assert "conv_forward_share" in text and "0.4" in text
+  assert "base_hard_labels_accuracy 70.0 ± 2.0; krr_test_accuracy 85.0 |" in text  # the row's other accuracies
   assert "quick smoke settings" in text
   summary = text.split("## Summary")[1].split("\n## ")[0]
   assert "| dc |" not in summary  # quick runs never enter the summary

@@ -61,6 +61,10 @@ class BPTTConfig:
     learn_lr: the synthetic set carries a learnable ``α`` initialised to ``inner_lr`` (DD: yes; LD: no).
     learn_labels: learnable soft labels (always on for LD), initialised by ``label_start`` (``"one_hot"`` or
       ``"uniform"``, the LD code's start) times ``label_scale``.
+    label_projection: what the loop does to learned labels after every update (through the
+      parameterisation, :func:`jaxdistill.synthetic.labels.label_projection`): ``"simplex"`` (LD's code:
+      clip to [0, 1] and renormalise each row; needs ``label_transform="raw"`` and ``label_scale=1``) or
+      ``"none"`` (unconstrained, DD's default).
     lr_lr, lr_labels: the outer learning rates of ``α`` and of the soft labels (None: the image lr);
       :meth:`param_lrs` hands them to :attr:`jaxdistill.loop.LoopConfig.param_lrs`.
   """
@@ -80,6 +84,7 @@ class BPTTConfig:
   learn_labels: bool = False
   label_start: str = "one_hot"
   label_scale: float = 1.0
+  label_projection: str = "none"
   lr_lr: Optional[float] = None
   lr_labels: Optional[float] = None
 
@@ -87,6 +92,7 @@ class BPTTConfig:
     check_choice("arch", self.arch, models.ARCHITECTURES)
     check_choice("label_transform", self.label_transform, LABEL_TRANSFORMS)
     check_choice("label_start", self.label_start, ("one_hot", "uniform"))
+    check_choice("label_projection", self.label_projection, ("simplex", "none"))
     for name in ("checkpoint", "learn_lr", "learn_labels"):
       if not isinstance(getattr(self, name), (bool, np.bool_)):
         raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
@@ -111,6 +117,10 @@ class BPTTConfig:
         raise ValueError(f"{name} must be None (the image lr) or a number > 0, got {v!r}.")
     if not (isinstance(self.label_scale, (int, float)) and self.label_scale > 0):
       raise ValueError(f"label_scale must be a number > 0, got {self.label_scale!r}.")
+    if self.label_projection == "simplex" and (self.label_transform != "raw" or self.label_scale != 1):
+      raise ValueError("label_projection='simplex' keeps labels as probability vectors: it needs "
+                       f"label_transform='raw' (got {self.label_transform!r}) and label_scale=1 (got "
+                       f"{self.label_scale!r}); use label_projection='none' otherwise.")
     return self
 
   def param_lrs(self):

@@ -7,13 +7,14 @@ The distillation loop differentiates ``render`` only through ``state.params`` (t
 """
 from jaxdistill.synthetic.base import Parameterisation, SynState, SyntheticBatch
 from jaxdistill.synthetic.pixels import INITS, PIXELS, init_pixels, render_pixels, storage_pixels
-from jaxdistill.synthetic.labels import LABEL_INITS, LABELS_ONLY, init_labels
+from jaxdistill.synthetic.labels import (LABEL_INITS, LABEL_PROJECTIONS, LABELS_ONLY, LABELS_ONLY_RAW, init_labels,
+                                        label_projection, labels_only, project_simplex)
 from jaxdistill.synthetic.glad import GLaDConfig, decoupled_grad, glad_parameterisation, init_glad
 from jaxdistill.synthetic.generator import (GenDMConfig, check_budget, gendm_parameterisation, init_gendm,
                                             init_latentdd, latentdd_parameterisation, storage_budget)
 from jaxdistill.synthetic.haba import HaBaConfig, haba_parameterisation, init_haba
 
-PARAMETERISATIONS = {"pixels": PIXELS, "labels_only": LABELS_ONLY}
+PARAMETERISATIONS = {"pixels": PIXELS, "labels_only": LABELS_ONLY, "labels_only_raw": LABELS_ONLY_RAW}
 # Parameterisations built from a configuration (a generator, a factorisation): name -> factory returning a
 # Parameterisation (see each module for its init_... function).
 FACTORIES = {"glad": glad_parameterisation, "gendm": gendm_parameterisation, "latentdd": latentdd_parameterisation,
@@ -27,7 +28,8 @@ def get_parameterisation(name: str) -> Parameterisation:
   return PARAMETERISATIONS[name]
 
 
-__all__ = ["INITS", "LABEL_INITS", "LABELS_ONLY", "PARAMETERISATIONS", "PIXELS", "Parameterisation", "SynState",
+__all__ = ["INITS", "LABEL_INITS", "LABEL_PROJECTIONS", "LABELS_ONLY", "LABELS_ONLY_RAW", "label_projection",
+           "labels_only", "project_simplex", "PARAMETERISATIONS", "PIXELS", "Parameterisation", "SynState",
            "SyntheticBatch", "get_parameterisation", "init_labels", "init_pixels", "render_pixels",
            "storage_pixels", "FACTORIES", "GLaDConfig", "GenDMConfig", "HaBaConfig", "check_budget", "decoupled_grad",
            "gendm_parameterisation", "glad_parameterisation", "haba_parameterisation", "init_gendm", "init_glad",

@@ -33,11 +33,15 @@ class Parameterisation(NamedTuple):
 
   ``needs_key``: the render is stochastic during training (GenDM draws fresh latents every step); the loop then
   calls ``render(state, key)`` with a per-iteration key, and ``render(state)`` (no key) gives the fixed sample
-  used for evaluation and saving."""
+  used for evaluation and saving.
+
+  ``project``: optional ``params -> params`` applied by the loop after every optimiser update (a projection
+  onto the feasible set, e.g. LD's soft labels back onto the probability simplex); None: unconstrained."""
   name: str
   render: Callable[..., SyntheticBatch]
   storage: Callable[[SynState], int]
   needs_key: bool = False
+  project: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None
 
 
 def num_floats(tree) -> int:

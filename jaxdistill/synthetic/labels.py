@@ -4,6 +4,11 @@ real "base" images whose soft labels (and optionally a learning rate) are the on
 ``SynState(params={"labels": [N, C]} (+ "lr"), const={"images": [N, H, W, C], "labels": int32 [N]})``; the
 images are chosen once by :func:`jaxdistill.synthetic.init_pixels` (random real images of each class or a
 coreset) and never change, so any objective (BPTT in LD, but also KRR-style ones) learns labels only.
+
+After every optimiser update the loop projects the labels (``Parameterisation.project``): ``"simplex"`` (the
+default, as LD's code does after each Adam step) clips them to ``[0, 1]`` and renormalises each row to sum 1,
+so they stay probability vectors and the soft cross-entropy ``−Σ_c ỹ_c log p_c`` stays bounded below however
+long a network is trained on them; ``"none"`` leaves them unconstrained (``labels_only_raw``).
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from jaxdistill.synthetic.pixels import INITS, init_pixels
 
 LABEL_INITS = tuple(i for i in INITS if i != "noise")
 LABEL_STARTS = ("one_hot", "uniform")
+LABEL_PROJECTIONS = ("simplex", "none")
 
 
 def initial_labels(hard_labels, num_classes: int, start: str = "one_hot", scale: float = 1.0):
@@ -71,4 +77,41 @@ def storage_labels(state: SynState) -> int:
   return num_floats(state.params) + num_floats(state.const["images"])
 
 
-LABELS_ONLY = Parameterisation("labels_only", render_labels, storage_labels)
+def project_simplex(labels):
+  """LD's projection of soft labels ``[N, C]`` onto probability vectors: clip to ``[0, 1]``, divide each row by
+  its sum; a row clipped to all zeros (every entry pushed below 0) becomes uniform ``1/C`` rather than NaN."""
+  clipped = jnp.clip(labels, 0.0, 1.0)
+  total = jnp.sum(clipped, axis=-1, keepdims=True)
+  uniform = jnp.full_like(clipped, 1.0 / labels.shape[-1])
+  return jnp.where(total > 0, clipped / jnp.where(total > 0, total, 1.0), uniform)
+
+
+def label_projection(projection: str):
+  """``params -> params`` applying ``projection`` (:data:`LABEL_PROJECTIONS`) to ``params["labels"]`` (other
+  entries untouched), or None for ``"none"``. Usable with any parameterisation that learns labels:
+  ``PIXELS._replace(project=label_projection("simplex"))``.
+
+  Raises:
+    ValueError: unknown ``projection``.
+  """
+  if projection not in LABEL_PROJECTIONS:
+    raise ValueError(f"label projection must be one of {list(LABEL_PROJECTIONS)}, got {projection!r}.")
+  if projection == "none":
+    return None
+
+  def project(params):
+    if "labels" not in params:
+      return params
+    return {**params, "labels": project_simplex(params["labels"])}
+
+  return project
+
+
+def labels_only(projection: str = "simplex") -> Parameterisation:
+  """The labels-only parameterisation with its label projection (``"simplex"``: LD's; ``"none"``: raw)."""
+  name = "labels_only" if projection == "simplex" else "labels_only_raw"
+  return Parameterisation(name, render_labels, storage_labels, project=label_projection(projection))
+
+
+LABELS_ONLY = labels_only("simplex")
+LABELS_ONLY_RAW = labels_only("none")
