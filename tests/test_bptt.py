@@ -147,7 +147,8 @@ def test_registry_defaults_and_param_lrs():
   assert {"dd", "ld"} <= set(objectives.METHODS)
   dd, ld = objectives.default_config("dd"), objectives.default_config("ld")
   assert dd.inner_steps == 30 and dd.batch_per_class == 1 and dd.inner_lr == 0.02 and dd.learn_lr
-  assert ld.learn_labels and not ld.learn_lr and ld.label_start == "uniform"
+  assert ld.learn_labels and not ld.learn_lr and ld.label_start == "uniform" and ld.inner_lr == 0.1
+  assert ld.label_projection == "simplex" and dd.label_projection == "none"
   assert objectives.method_defaults("dd").init == "noise" and objectives.method_defaults("ld").init == "real"
   assert dd.param_lrs() is None
   assert objectives.default_config("dd", lr_lr=1e-5, lr_labels=0.1).param_lrs() == {"lr": 1e-5, "labels": 0.1}
@@ -214,7 +215,9 @@ def test_cli_dd_and_ld(tmp_path, method):
   from experiments import distill
 
   cfg = tmp_path / "cfg.json"
-  cfg.write_text(json.dumps({"inner_steps": 2, "scan_unroll": 2}))
+  # DD's learned soft labels are unconstrained by default; here they are projected like LD's.
+  extra_cfg = {"label_projection": "simplex"} if method == "dd" else {}
+  cfg.write_text(json.dumps({"inner_steps": 2, "scan_unroll": 2, **extra_cfg}))
   out = tmp_path / "run"
   extra = ["--learn-labels"] if method == "dd" else []
   payload = distill.main(["--method", method, "--iterations", "2", "--out", str(out), "--config", str(cfg),
@@ -223,14 +226,14 @@ def test_cli_dd_and_ld(tmp_path, method):
   assert syn["images"].shape == (10, 28, 28, 1) and syn["labels"].shape == (10, 10)
   assert payload["loop_config"]["optimizer"] == "adam" and len(payload["loss_curve"]) == 2
   assert 0.0 <= payload["test_accuracy_mean"] <= 1.0
+  np.testing.assert_allclose(syn["labels"].sum(1), 1.0, rtol=1e-5)  # the simplex projection
+  assert syn["labels"].min() >= 0.0
   if method == "dd":
     assert payload["parameterisation"] == "pixels" and syn["lr"] is not None
     assert float(syn["lr"]) != pytest.approx(0.02, abs=1e-9)  # the inner lr was learned
   else:
     assert payload["parameterisation"] == "labels_only" and syn["lr"] is None
     assert not np.allclose(syn["labels"], 0.1)
-    np.testing.assert_allclose(syn["labels"].sum(1), 1.0, rtol=1e-5)  # LD's simplex projection
-    assert syn["labels"].min() >= 0.0
 
 
 @pytest.mark.slow

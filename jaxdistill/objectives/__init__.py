@@ -71,9 +71,12 @@ register("frepo", FRePoConfig, make_frepo, MethodDefaults(3e-4, 500000, 100, "re
 # iteration (~100 per class), 400 epochs over the 60k training images (~23 400 iterations), α learned from 0.02 by
 # the same Adam (lr_lr None); T = 30 inner steps (DD's 10 steps × 3 epochs, one image per class per step).
 # LD — fixed real base images, labels from uniform, projected onto the simplex after every update, Adam 1e-3
-# (PyTorch's default, as in the LD code), inner SGD lr 0.01 (fixed), 400 epochs of 1024-image batches over LD's 50k split (~19 600 iterations).
+# (PyTorch's default, as in the LD code), inner SGD lr 0.1 (fixed; LD's code takes one 0.01 step of a network
+# it keeps training, here T steps start from a fresh network, and 0.01 left it too untrained to give the labels
+# a useful meta-gradient: docs/bptt.md), 400 epochs of 1024-image batches over LD's 50k split (~19 600
+# iterations).
 register("dd", lambda: BPTTConfig(batch_per_class=1), make_bptt, MethodDefaults(0.01, 23400, 100, "noise"))
-register("ld", lambda: BPTTConfig(inner_lr=0.01, learn_lr=False, learn_labels=True, label_start="uniform",
+register("ld", lambda: BPTTConfig(inner_lr=0.1, learn_lr=False, learn_labels=True, label_start="uniform",
                                   label_projection="simplex"),
          make_bptt, MethodDefaults(1e-3, 19600, 100, "real"))
 
