@@ -32,20 +32,20 @@ from jaxdistill.objectives import bptt
 
 def _protocol(quick: bool):
   if quick:
-    return dict(width=8, inner_steps=3, real_per_class=8, ipcs=(1,), iterations={"dd": 3, "ld": 3, "ld_one_hot": 3},
-                speed_steps=(3,), speed_real=8, repeats=2)
-  return dict(width=32, inner_steps=10, real_per_class=32, ipcs=(1, 10),
-              iterations={"dd": 60, "ld": 60, "ld_one_hot": 60},
-              speed_steps=(10, 30), speed_real=32, repeats=3)
+    return dict(width=8, inner_steps=3, real_per_class=8, ipcs=(1,), iterations=3, speed_steps=(3,), speed_real=8,
+                repeats=2)
+  return dict(width=32, inner_steps=10, real_per_class=32, ipcs=(1, 10), iterations=60, speed_steps=(10, 30),
+              speed_real=32, repeats=3)
 
 
 # Reduced-budget outer settings (Adam, as in DD/LD): DD lr 0.01 (the paper's), LD 0.01 (10× its paper lr, to
 # move labels within the short budget); DD starts from real images here (the paper: noise) so that a short run
 # yields a usable set. ``ld`` starts from uniform labels (LD's start: the labels must discover every class from
 # the meta-gradient), ``ld_one_hot`` from the base images' one-hot labels (a short run refines them).
-LR_IMG = {"dd": 0.01, "ld": 0.01, "ld_one_hot": 0.01}
-INIT = {"dd": "real", "ld": "real", "ld_one_hot": "real"}
-ROWS = (("dd", "dd", {}), ("ld", "ld", {}), ("ld_one_hot", "ld", {"label_start": "one_hot"}))  # (row, objective, cfg)
+LR_IMG = 0.01
+INIT = "real"
+# (row name, objective, config overrides)
+ROWS = (("dd", "dd", {}), ("ld", "ld", {}), ("ld_one_hot", "ld", {"label_start": "one_hot"}))
 
 
 def _config(method: str, p, ipc: int, **kw):
@@ -57,10 +57,10 @@ def _config(method: str, p, ipc: int, **kw):
 
 def _init(method, cfg, key, data, ipc):
   if method == "ld":
-    syn = synthetic.init_labels(key, "real", data.train_x, data.train_y, data.num_classes, ipc,
+    syn = synthetic.init_labels(key, INIT, data.train_x, data.train_y, data.num_classes, ipc,
                                 label_start=cfg.label_start)
     return synthetic.labels_only(cfg.label_projection), syn
-  return synthetic.PIXELS, synthetic.init_pixels(key, INIT[method], data.train_x, data.train_y, data.num_classes,
+  return synthetic.PIXELS, synthetic.init_pixels(key, INIT, data.train_x, data.train_y, data.num_classes,
                                                  ipc, learn_lr=cfg.inner_lr if cfg.learn_lr else None)
 
 
@@ -125,8 +125,8 @@ def run(quick: bool = False, select=None):
       cfg = _config(method, p, ipc, **overrides)
       obj = objectives.make_objective(method, cfg, num_classes=nc, image_shape=data.train_x.shape[1:], ipc=ipc)
       param, syn = _init(method, cfg, key, data, ipc)
-      iters = p["iterations"][name]
-      lc = loop.LoopConfig(iterations=iters, real_per_class=p["real_per_class"], lr_img=LR_IMG[name],
+      iters = p["iterations"]
+      lc = loop.LoopConfig(iterations=iters, real_per_class=p["real_per_class"], lr_img=LR_IMG,
                            optimizer="adam")
       out = loop.distill(obj, param, syn, data.train_x, data.train_y, nc, key, lc, progress=False)
       batch = param.render(out.state.syn)
@@ -150,8 +150,8 @@ def run(quick: bool = False, select=None):
           loss_first=float(out.losses[0]), loss_last=float(np.mean(out.losses[-5:])),
           base_hard_labels_accuracy_mean=None if hard is None else hard.mean,
           base_hard_labels_accuracy_std=None if hard is None else hard.std,
-          protocol=(f"{method.upper()} learns {learned}; {iters} iterations, Adam lr {LR_IMG[name]}, "
-                    f"{p['real_per_class']} real/class, init {INIT[name]}, inner ConvNet-{p['width']}, "
+          protocol=(f"{method.upper()} learns {learned}; {iters} iterations, Adam lr {LR_IMG}, "
+                    f"{p['real_per_class']} real/class, init {INIT}, inner ConvNet-{p['width']}, "
                     f"T={cfg.inner_steps} SGD steps (batch_per_class {cfg.batch_per_class or 'all'}, "
                     f"alpha0 {cfg.inner_lr}"
                     + (f", labels from {cfg.label_start}, projection {cfg.label_projection}"

@@ -3,9 +3,9 @@
 One jitted step: sample a class-balanced real batch (:func:`jaxdistill.data.sample_balanced`), render the
 synthetic set, ``jax.value_and_grad`` of the objective w.r.t. the learnable parameters, an optax update
 (SGD momentum 0.5 by default, as in DC/DSA/DM), the parameterisation's ``project`` (if any, e.g. LD's labels
-onto the simplex), then the objective's ``update`` hook (DC's inner network
-training). Around it, on the host: the loss log, evaluation every ``eval_every`` iterations, checkpoints
-(``.npz`` via :mod:`jaxdistill.io`, no pickle) and a progress bar.
+onto the simplex), then the objective's ``update`` hook (DC's inner network training). Around it, on the
+host: the loss log, evaluation every ``eval_every`` iterations, checkpoints (``.npz`` via
+:mod:`jaxdistill.io`, no pickle) and a progress bar.
 
 Randomness: the key of iteration ``t`` is ``fold_in(key, t)``, so a run resumed from a checkpoint at
 iteration ``t`` with the same ``key`` continues bit-for-bit like the uninterrupted run.

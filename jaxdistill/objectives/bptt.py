@@ -36,6 +36,7 @@ import numpy as np
 from jaxdistill import models, training
 from jaxdistill.models.layers import check_choice
 from jaxdistill.objectives.base import Objective, RealBatch
+from jaxdistill.synthetic.labels import LABEL_PROJECTIONS, LABEL_STARTS
 
 LABEL_TRANSFORMS = ("raw", "softmax")
 
@@ -91,8 +92,8 @@ class BPTTConfig:
   def validate(self):
     check_choice("arch", self.arch, models.ARCHITECTURES)
     check_choice("label_transform", self.label_transform, LABEL_TRANSFORMS)
-    check_choice("label_start", self.label_start, ("one_hot", "uniform"))
-    check_choice("label_projection", self.label_projection, ("simplex", "none"))
+    check_choice("label_start", self.label_start, LABEL_STARTS)
+    check_choice("label_projection", self.label_projection, LABEL_PROJECTIONS)
     for name in ("checkpoint", "learn_lr", "learn_labels"):
       if not isinstance(getattr(self, name), (bool, np.bool_)):
         raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")

@@ -87,9 +87,9 @@ def project_simplex(labels):
 
 
 def label_projection(projection: str):
-  """``params -> params`` applying ``projection`` (:data:`LABEL_PROJECTIONS`) to ``params["labels"]`` (other
-  entries untouched), or None for ``"none"``. Usable with any parameterisation that learns labels:
-  ``PIXELS._replace(project=label_projection("simplex"))``.
+  """``params -> params`` applying ``projection`` (:data:`LABEL_PROJECTIONS`) to ``params["labels"] [N, C]``
+  (other entries, and params without labels, untouched), or None for ``"none"``. Usable with any
+  parameterisation that learns labels: ``PIXELS._replace(project=label_projection("simplex"))``.
 
   Raises:
     ValueError: unknown ``projection``.
