@@ -43,11 +43,23 @@ def add_common_args(parser: argparse.ArgumentParser, ipc_required: bool = True) 
   parser.add_argument("--dataset", default="fashion_mnist",
                       help="fashion_mnist (offline), mnist, cifar10, cifar100, svhn_cropped")
   parser.add_argument("--ipc", type=positive_int, required=ipc_required, help="images per class")
-  parser.add_argument("--eval-models", type=positive_int, default=5, help="networks trained at once (vmap)")
-  parser.add_argument("--eval-epochs", type=positive_int, default=300, help="training epochs per network")
-  parser.add_argument("--eval-arch", default="convnet", help="evaluation architecture")
-  parser.add_argument("--eval-width", type=positive_int, default=128, help="ConvNet/MLP width for evaluation")
-  parser.add_argument("--no-eval-dsa", action="store_true", help="train evaluation networks without DSA")
+  g = parser.add_argument_group(
+      "evaluation (defaults: the method's own protocol, jaxdistill.evaluate.PROTOCOLS: DC 300 epochs without "
+      "augmentation; DSA, DM, MTT and the rest 1000 epochs with DSA; MTT/TESLA with their learned lr)")
+  g.add_argument("--eval-models", type=positive_int, default=None,
+                 help="networks trained at once (vmap; default 5)")
+  g.add_argument("--eval-epochs", type=positive_int, default=None,
+                 help="nominal training epochs E per network (E + 1 run, as the reference; default: the method's)")
+  g.add_argument("--eval-arch", default="convnet", help="evaluation architecture")
+  g.add_argument("--eval-width", type=positive_int, default=128, help="ConvNet/MLP width for evaluation")
+  g.add_argument("--eval-dsa", dest="eval_dsa", action="store_const", const=True, default=None,
+                 help="train evaluation networks with DSA (default: the method's protocol)")
+  g.add_argument("--no-eval-dsa", dest="eval_dsa", action="store_const", const=False,
+                 help="train evaluation networks without DSA")
+  g.add_argument("--eval-learned-lr", dest="eval_learned_lr", action=argparse.BooleanOptionalAction,
+                 default=None, help="train with the set's learned lr (default: only MTT/TESLA)")
+  g.add_argument("--eval-protocol", default=None,
+                 help="take the evaluation defaults of this method instead of the run's own (e.g. dm)")
   parser.add_argument("--test-size", type=int, default=None,
                       help="evaluate on the first N test images (default: the whole test split)")
   parser.add_argument("--seed", type=int, default=0)
@@ -100,23 +112,56 @@ def eval_model_kwargs(args) -> Dict[str, Any]:
   return {}
 
 
+def resolve_eval(args, method: Optional[str]):
+  """Fills the evaluation flags left unset (None) from the protocol of ``--eval-protocol`` or ``method``
+  (:func:`jaxdistill.evaluate.protocol`): ``eval_epochs``, ``eval_dsa``, ``eval_models`` (5),
+  ``eval_learned_lr``; stores the label rule as ``args.eval_labels`` and the protocol's name as
+  ``args.eval_protocol``. Explicit flags (and presets, applied before) win. Returns ``args``."""
+  from jaxdistill.evaluate import PROTOCOLS, protocol
+  name = getattr(args, "eval_protocol", None) or method
+  if getattr(args, "eval_protocol", None) and args.eval_protocol not in PROTOCOLS:
+    raise ValueError(f"--eval-protocol must be one of {sorted(PROTOCOLS)}, got {args.eval_protocol!r}.")
+  proto = protocol(name)
+  if getattr(args, "eval_epochs", None) is None:
+    args.eval_epochs = proto.epochs
+  if getattr(args, "eval_dsa", None) is None:
+    args.eval_dsa = proto.dsa
+  if getattr(args, "eval_models", None) is None:
+    args.eval_models = 5
+  if getattr(args, "eval_learned_lr", None) is None:
+    args.eval_learned_lr = proto.learned_lr
+  args.eval_labels = proto.labels
+  args.eval_protocol = name if name in PROTOCOLS else "dsa"
+  args.no_eval_dsa = not args.eval_dsa  # the older attribute, still read by some CLIs
+  return args
+
+
 def evaluate_set(args, data: Data, images, labels, key, lr=None, arch: Optional[str] = None) -> EvalResult:
-  """Evaluates a (synthetic) set with the flags' protocol: ``args.eval_models`` fresh networks,
-  ``args.eval_epochs`` epochs, DSA unless ``--no-eval-dsa``, the learned ``lr`` when given."""
+  """Evaluates a (synthetic) set with the resolved protocol (:func:`resolve_eval`): ``args.eval_models`` fresh
+  networks, ``args.eval_epochs`` epochs, DSA if ``args.eval_dsa``, the method's label rule, and the learned
+  ``lr`` only when ``args.eval_learned_lr``."""
+  if getattr(args, "eval_epochs", None) is None or getattr(args, "eval_dsa", None) is None:
+    resolve_eval(args, getattr(args, "method", None))
   arch = arch or args.eval_arch
-  dsa = None if args.no_eval_dsa else default_params(digits=data.spec.digits)
+  dsa = default_params(digits=data.spec.digits) if args.eval_dsa else None
   kwargs = eval_model_kwargs(args) if arch == args.eval_arch else {}
+  use_lr = lr if (lr is not None and args.eval_learned_lr) else None
   return evaluate(images, labels, arch, key, args.eval_models, args.eval_epochs, test_images=data.test_x,
-                  test_labels=data.test_y, num_classes=data.spec.num_classes, dsa=dsa, lr=lr,
+                  test_labels=data.test_y, num_classes=data.spec.num_classes, dsa=dsa, lr=use_lr,
                   config=EvalConfig(), model_kwargs=kwargs, progress=not args.quiet,
-                  mesh=getattr(args, "mesh", None))
+                  mesh=getattr(args, "mesh", None), label_rule=getattr(args, "eval_labels", "cross_entropy"))
 
 
 def eval_metrics(args, result: EvalResult) -> Dict[str, Any]:
   """The evaluation keys of ``metrics.json``."""
+  from jaxdistill.training import reference_schedule
   return {"test_accuracy_mean": result.mean, "test_accuracy_std": result.std,
           "test_accuracies": [float(a) for a in result.accuracies], "eval_models": args.eval_models,
-          "eval_epochs": args.eval_epochs, "eval_arch": args.eval_arch, "eval_dsa": not args.no_eval_dsa,
+          "eval_epochs": args.eval_epochs, "eval_epochs_run": reference_schedule(args.eval_epochs)[0],
+          "eval_lr_decay_epoch": reference_schedule(args.eval_epochs)[1], "eval_arch": args.eval_arch,
+          "eval_dsa": bool(args.eval_dsa), "eval_labels": getattr(args, "eval_labels", "cross_entropy"),
+          "eval_learned_lr": bool(getattr(args, "eval_learned_lr", False)),
+          "eval_protocol": getattr(args, "eval_protocol", None),
           "eval_seconds": result.seconds, "test_size": int(result_test_size(args))}
 
 

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--train-size", type=common.positive_int, default=None,
                       help="use the first N training images (default: all)")
   common.add_common_args(parser, ipc_required=False)
-  parser.set_defaults(ipc=10)
+  parser.set_defaults(ipc=10, eval_epochs=300, eval_models=5)  # the apps' own (shorter) evaluation
   return parser
 
 
@@ -53,7 +53,7 @@ def parse_list(text: str, kind, name: str, accepted=None):
 
 
 def main(argv=None) -> dict:
-  args = build_parser().parse_args(argv)
+  args = common.resolve_eval(build_parser().parse_args(argv), "dm")
   methods = parse_list(args.methods, str, "methods", continual.METHODS)
   seeds = parse_list(args.seeds, int, "seeds")
   mesh = common.setup_devices(args)

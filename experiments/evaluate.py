@@ -3,8 +3,9 @@
     python -m experiments.evaluate --synthetic runs/dm/synthetic.npz \
         --arch convnet,mlp,lenet,alexnet,vgg11,resnet18 --eval-models 5 --eval-epochs 300 --out runs/dm_xarch
 
-Trains ``--eval-models`` fresh networks of each architecture on the set (vmapped, standard protocol, the set's
-learned learning rate if it has one) and writes ``results.json``, ``table.md`` (accuracy mean ± std per
+Trains ``--eval-models`` fresh networks of each architecture on the set (vmapped) with the evaluation protocol of
+the method that made the set (its metadata's ``method``; ``--eval-protocol`` picks another): epochs, DSA, label
+rule, and the set's learned lr only where that method evaluates with it (MTT/TESLA; ``--eval-learned-lr`` opts in) and writes ``results.json``, ``table.md`` (accuracy mean ± std per
 architecture) and ``heatmap.png``.
 """
 from __future__ import annotations
@@ -25,8 +26,6 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--synthetic", required=True, help="a synthetic.npz written by a jaxdistill CLI")
   parser.add_argument("--arch", default="convnet", help="comma-separated names from " +
                       ",".join(models.ARCHITECTURES))
-  parser.add_argument("--use-learned-lr", action=argparse.BooleanOptionalAction, default=True,
-                      help="train with the set's learned learning rate when it has one")
   common.add_common_args(parser, ipc_required=False)
   parser.set_defaults(dataset=None)
   return parser
@@ -75,7 +74,8 @@ def main(argv=None) -> dict:
   common.setup_devices(args)  # --distributed / --devices: evaluation networks split across devices
   io.prepare_out_dir(args.out, overwrite=args.overwrite)
   data = common.load_dataset(args)
-  lr = saved["lr"] if (args.use_learned_lr and saved["lr"] is not None) else None
+  common.resolve_eval(args, meta.get("method"))
+  lr = saved["lr"] if (args.eval_learned_lr and saved["lr"] is not None) else None
   keys = jax.random.split(jax.random.PRNGKey(args.seed), len(archs))
   results = {a: common.evaluate_set(args, data, saved["images"], saved["labels"], k, lr=lr, arch=a)
              for a, k in zip(archs, keys)}
@@ -84,7 +84,8 @@ def main(argv=None) -> dict:
   io.save_text(os.path.join(args.out, "table.md"), f"# {title}\n\n{table}\n")
   save_heatmap(os.path.join(args.out, "heatmap.png"), results, title)
   payload = {"synthetic": os.path.abspath(args.synthetic), "source_metadata": meta, "dataset": args.dataset,
-             "eval_models": args.eval_models, "eval_epochs": args.eval_epochs, "eval_dsa": not args.no_eval_dsa,
+             "eval_models": args.eval_models, "eval_epochs": args.eval_epochs, "eval_dsa": bool(args.eval_dsa),
+             "eval_protocol": args.eval_protocol, "eval_labels": args.eval_labels,
              "learned_lr": None if lr is None else np.asarray(lr).tolist(),
              "results": {a: r.to_dict() for a, r in results.items()}, "device": common.device_summary()}
   io.save_json(os.path.join(args.out, "results.json"), payload)

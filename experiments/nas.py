@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--models-per-arch", type=common.positive_int, default=1,
                       help="networks per architecture (vmapped)")
   common.add_common_args(parser, ipc_required=False)
-  parser.set_defaults(ipc=10)
+  parser.set_defaults(ipc=10, eval_epochs=300, eval_models=5)  # the apps' own (shorter) evaluation
   return parser
 
 
@@ -81,7 +81,7 @@ def save_scatter(path, archs, proxy_scores, full_scores, title=""):
 
 
 def main(argv=None) -> dict:
-  args = build_parser().parse_args(argv)
+  args = common.resolve_eval(build_parser().parse_args(argv), "dm")
   space = nas.search_space(_split(args.widths, int, "widths"), _split(args.depths, int, "depths"),
                            _split(args.norms, str, "norms", NORMS),
                            _split(args.activations, str, "activations", ACTIVATIONS),

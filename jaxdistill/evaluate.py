@@ -1,8 +1,11 @@
 """Evaluation: train many fresh networks on a (synthetic) training set in one vmapped program, test them.
 
-The standard protocol of the condensation papers: SGD momentum 0.9, weight decay 5e-4, lr 0.01 (or a learned
-lr) decayed ×0.1 after epoch ⌊E/2⌋, batch 256, DSA with per-image parameters during training (1000 epochs for
-DSA/DM/MTT, 300 without augmentation for DC), mean ± std of test accuracy over the models.
+The standard protocol of the condensation papers, as the reference ``evaluate_synset`` runs it: SGD momentum 0.9,
+weight decay 5e-4, lr 0.01 (or MTT's learned α), batch 256 (last partial batch kept), ``E + 1`` epochs for a
+nominal ``E``, the lr ×0.1 and the optimiser re-created (momentum reset) after epoch ``⌊E/2⌋ + 1``
+(:func:`jaxdistill.training.reference_schedule`), DSA with per-image parameters during training; mean ± std of
+test accuracy over the models. Each method's own settings (DC 300 epochs without augmentation; DSA, DM, MTT 1000
+epochs with DSA; which label rule and whether a learned lr is used) are in :data:`PROTOCOLS`.
 
 All ``num_models`` networks train in a single jitted program (``vmap`` over models; every model has its own
 initialisation, data order and augmentation parameters; the DSA *operation* of a step is shared so only one
@@ -25,16 +28,21 @@ from jaxdistill.progress import progress_bar
 
 
 class EvalResult(NamedTuple):
-  """Test accuracies of ``num_models`` networks (fractions in [0, 1]) and what it took."""
+  """Test accuracies of ``num_models`` networks (fractions in [0, 1]) and what it took. ``epochs`` is the
+  nominal ``E``; ``E + 1`` epochs were run (:func:`jaxdistill.training.reference_schedule`)."""
   accuracies: np.ndarray
   mean: float
   std: float
   seconds: float
   arch: str
   epochs: int
+  loss: str = "cross_entropy"
 
   def to_dict(self) -> Dict:
-    return {"arch": self.arch, "epochs": self.epochs, "accuracies": [float(a) for a in self.accuracies],
+    return {"arch": self.arch, "epochs": self.epochs,
+            "epochs_run": training.reference_schedule(self.epochs)[0],
+            "lr_decay_epoch": training.reference_schedule(self.epochs)[1], "loss": self.loss,
+            "accuracies": [float(a) for a in self.accuracies],
             "test_accuracy_mean": self.mean, "test_accuracy_std": self.std, "seconds": self.seconds}
 
   def __str__(self):
@@ -50,6 +58,7 @@ class EvalConfig:
   momentum: float = 0.9
   weight_decay: float = 5e-4
   test_batch_size: int = 1000
+  loss: str = "cross_entropy"
 
   def validate(self):
     for name in ("epochs", "batch_size", "test_batch_size"):
@@ -57,7 +66,87 @@ class EvalConfig:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
     if not self.lr > 0:
       raise ValueError(f"lr must be > 0, got {self.lr}.")
+    if self.loss not in training.LOSSES:
+      raise ValueError(f"loss must be one of {list(training.LOSSES)}, got {self.loss!r}.")
     return self
+
+
+# --- each method's evaluation, as its paper runs it -----------------------------------------------------------
+
+LABEL_RULES = ("cross_entropy", "mse")
+
+
+class EvalProtocol(NamedTuple):
+  """How a method's sets are evaluated in its paper / the authors' code.
+
+  Attributes:
+    epochs: nominal epochs ``E`` (``E + 1`` run, :func:`jaxdistill.training.reference_schedule`).
+    dsa: train the networks with per-image DSA.
+    learned_lr: train with the set's learned lr (MTT/TESLA's α) instead of 0.01.
+    labels: ``"cross_entropy"``: int labels, or soft labels projected onto the simplex (clipped to [0, 1], rows
+      renormalised) and trained with soft-label cross-entropy; ``"mse"``: regression targets (hard labels become
+      centred one-hot ``onehot − 1/C``, learned labels are used as they are) trained with :func:`training.mse`.
+    source: where the setting comes from.
+  """
+  epochs: int
+  dsa: bool
+  learned_lr: bool
+  labels: str
+  source: str
+
+
+_DSA_PROTOCOL = EvalProtocol(1000, True, False, "cross_entropy",
+                             "DSA/DM code (main.py / main_DM.py): epoch_eval_train 1000 with DSA")
+PROTOCOLS: Dict[str, EvalProtocol] = {
+    "dc": EvalProtocol(300, False, False, "cross_entropy",
+                       "DC code main.py: epoch_eval_train 300 without augmentation (dc_aug 'none' except MNIST)"),
+    "dsa": _DSA_PROTOCOL, "dm": _DSA_PROTOCOL, "dm_l1": _DSA_PROTOCOL, "dm_bn": _DSA_PROTOCOL,
+    "random": _DSA_PROTOCOL._replace(source="the random-subset baseline under the DSA/DM protocol"),
+    "mtt": EvalProtocol(1000, True, True, "cross_entropy",
+                        "MTT code distill.py: evaluate_synset with args.lr_net = learned syn_lr, 1000 epochs, DSA"),
+    "tesla": EvalProtocol(1000, True, True, "cross_entropy",
+                          "TESLA (MTT's evaluation); soft labels from an expert trained with soft cross-entropy"),
+    "kip": EvalProtocol(1000, True, False, "mse",
+                        "KIP: finite networks trained with MSE on the (centred / learned) support labels"),
+    "rfad": EvalProtocol(1000, True, False, "mse", "RFAD follows KIP's finite-network transfer (MSE on labels)"),
+    "frepo": EvalProtocol(1000, True, False, "mse", "FRePo: learned (centred) labels are regression targets"),
+    "dd": EvalProtocol(1000, True, False, "cross_entropy",
+                       "DD's own evaluation is its unrolled steps; the shared ConvNet protocol here, with its lr "
+                       "0.01 (DD's α is an inner-loop step size, not a 1000-epoch SGD rate)"),
+    "ld": EvalProtocol(1000, True, False, "cross_entropy",
+                       "LD: soft labels on the simplex, soft-label cross-entropy; the shared ConvNet protocol"),
+}
+
+
+def protocol(method: Optional[str]) -> EvalProtocol:
+  """The evaluation protocol of ``method`` (:data:`PROTOCOLS`); methods not listed (coresets, the generative
+  parameterisations, which the GLaD/HaBa papers evaluate like MTT without a learned lr) use the DSA/DM one."""
+  if method is None:
+    return _DSA_PROTOCOL
+  return PROTOCOLS.get(method, _DSA_PROTOCOL)
+
+
+def prepare_labels(labels, num_classes: int, rule: str = "cross_entropy") -> np.ndarray:
+  """The training targets of a set under a label ``rule`` (:data:`LABEL_RULES`, see :class:`EvalProtocol`).
+
+  Args:
+    labels: int ``[N]`` or soft / learned ``[N, C]``.
+
+  Returns:
+    ``cross_entropy``: int labels unchanged, soft labels projected onto the simplex (so the soft-label
+    cross-entropy is bounded below; raw learned labels can be negative). ``mse``: ``[N, C]`` float targets.
+  """
+  if rule not in LABEL_RULES:
+    raise ValueError(f"label rule must be one of {list(LABEL_RULES)}, got {rule!r}.")
+  labels = np.asarray(labels)
+  if rule == "cross_entropy":
+    if labels.ndim == 1:
+      return labels
+    from jaxdistill.synthetic.labels import project_simplex
+    return np.asarray(project_simplex(jnp.asarray(labels, jnp.float32)))
+  if labels.ndim == 1:
+    return np.eye(num_classes, dtype=np.float32)[labels] - 1.0 / num_classes
+  return np.asarray(labels, np.float32)
 
 
 def _chunk_size(epochs: int, target_chunks: int = 20) -> int:
@@ -93,33 +182,37 @@ def train_models(images, labels, model, key, num_models: int, config: EvalConfig
   images = jnp.asarray(images, jnp.float32)
   labels = jnp.asarray(labels)
   n = images.shape[0]
-  epochs = int(config.epochs)
+  epochs_run, decay_epoch = training.reference_schedule(config.epochs)
   base_lr = jnp.broadcast_to(jnp.asarray(config.lr if lr is None else lr, jnp.float32), (num_models,))
   image_shape = images.shape[1:]
   k_init, k_data, k_shared = jax.random.split(key, 3)
   init_keys = jax.random.split(k_init, num_models)
   data_keys = jax.random.split(k_data, num_models)
   states = _init_program(model, tuple(image_shape), config)(init_keys)
-  chunk = _chunk_size(epochs)
+  chunk = _chunk_size(int(config.epochs))
   if mesh is not None:
     sub = sharding.model_mesh(mesh, num_models)
     states, data_keys, base_lr = sharding.shard_leading((states, data_keys, base_lr), sub)
     images, labels, k_shared = sharding.replicate((images, labels, k_shared), sub)
 
   run_step = _step_program(model, config, dsa, n)
+  reset = _reset_program(model, tuple(image_shape), config)
   steps = -(-n // min(config.batch_size, n))
-  with progress_bar(total=epochs, desc=desc, disable=not progress, unit="epoch") as bar:
-    for epoch0 in range(0, epochs, chunk):
+  with progress_bar(total=epochs_run, desc=desc, disable=not progress, unit="epoch") as bar:
+    for epoch0 in range(0, epochs_run, chunk):
       losses = []
-      for epoch in range(epoch0, epoch0 + chunk):
+      for epoch in range(epoch0, min(epoch0 + chunk, epochs_run)):
+        if epoch == decay_epoch:  # the reference re-creates its optimiser here: momentum buffers start at zero
+          states = reset(states)
         for s in range(steps):
           states, loss = run_step(states, data_keys, base_lr, k_shared, np.int32(epoch), np.int32(s), images,
                                   labels)
           losses.append(loss)
-      losses = np.asarray(jnp.stack(losses, 1)).reshape(num_models, chunk, steps).mean(-1)
+      done = len(losses) // steps
+      losses = np.asarray(jnp.stack(losses, 1)).reshape(num_models, done, steps).mean(-1)
       if not np.all(np.isfinite(losses)):
-        raise FloatingPointError(f"training loss became non-finite at epochs {epoch0}..{epoch0 + chunk}.")
-      bar.update(chunk)
+        raise FloatingPointError(f"training loss became non-finite at epochs {epoch0}..{epoch0 + done}.")
+      bar.update(done)
       bar.set_postfix(loss=f"{losses[:, -1].mean():.3f}")
   return states.variables
 
@@ -129,6 +222,15 @@ def _init_program(model, image_shape, config: EvalConfig):
   """The jitted ``init_keys [M] -> stacked TrainState`` program (cached like :func:`_chunk_program`)."""
   tx = training.sgd(config.lr, config.momentum, config.weight_decay)
   return jax.jit(jax.vmap(lambda k: training.init_state(model, k, image_shape, tx)))
+
+
+@functools.lru_cache(maxsize=32)
+def _reset_program(model, image_shape, config: EvalConfig):
+  """The jitted ``stacked TrainState -> stacked TrainState`` with zeroed momentum
+  (:func:`jaxdistill.training.reset_momentum`), for the lr decay."""
+  del model, image_shape  # part of the cache key only
+  tx = training.sgd(config.lr, config.momentum, config.weight_decay)
+  return jax.jit(jax.vmap(lambda st: training.reset_momentum(tx, st)))
 
 
 @functools.lru_cache(maxsize=32)
@@ -157,7 +259,8 @@ def _step_program(model, config: EvalConfig, dsa: Optional[DSAParams], n: int):
     idx = order[s]
     op = None if dsa is None else choose_op(jax.random.fold_in(sk, s), dsa)
     return training.train_step(model, tx, state, images[idx], labels[idx], jax.random.fold_in(ek, s + 1),
-                               weights=mask[s] if pad else None, dsa=dsa, op_index=op, learning_rate=lr_e)
+                               weights=mask[s] if pad else None, dsa=dsa, op_index=op, learning_rate=lr_e,
+                               loss=config.loss)
 
   return jax.jit(jax.vmap(run_step, in_axes=(0, 0, 0, None, None, None, None, None)))
 
@@ -177,7 +280,7 @@ def _accuracy_program(model, batch_size: int):
 def evaluate(images, labels, arch: str = "convnet", key=None, num_models: int = 5, epochs: int = 1000, *,
              test_images, test_labels, num_classes: Optional[int] = None, dsa: Optional[DSAParams] = None,
              lr=None, config: Optional[EvalConfig] = None, model_kwargs: Optional[dict] = None,
-             progress: bool = True, mesh=None) -> EvalResult:
+             progress: bool = True, mesh=None, label_rule: str = "cross_entropy") -> EvalResult:
   """Trains ``num_models`` fresh ``arch`` networks on ``(images, labels)`` and tests them.
 
   Args:
@@ -193,6 +296,8 @@ def evaluate(images, labels, arch: str = "convnet", key=None, num_models: int = 
     lr: learning rate override — a float, or a learned α (MTT).
     config: the rest of the protocol (:class:`EvalConfig`); ``epochs`` here takes precedence.
     mesh: optional :class:`jax.sharding.Mesh` splitting the ``num_models`` networks across devices.
+    label_rule: how labels become training targets (:func:`prepare_labels`; a method's rule is
+      ``protocol(method).labels``): ``"cross_entropy"`` (soft labels projected onto the simplex) or ``"mse"``.
 
   Returns:
     An :class:`EvalResult` with per-model accuracies and their mean ± std.
@@ -201,17 +306,20 @@ def evaluate(images, labels, arch: str = "convnet", key=None, num_models: int = 
     raise ValueError("key must be a jax.random.PRNGKey; evaluation has no hidden randomness.")
   if int(num_models) < 1:
     raise ValueError(f"num_models must be >= 1, got {num_models}.")
-  config = dataclasses.replace(config or EvalConfig(), epochs=int(epochs)).validate()
+  if label_rule not in LABEL_RULES:
+    raise ValueError(f"label_rule must be one of {list(LABEL_RULES)}, got {label_rule!r}.")
+  config = dataclasses.replace(config or EvalConfig(), epochs=int(epochs), loss=label_rule).validate()
   num_classes = int(num_classes or int(np.max(np.asarray(test_labels))) + 1)
   images, labels = np.asarray(images, np.float32), np.asarray(labels)
   _check_set(images, labels, num_classes)
+  labels = prepare_labels(labels, num_classes, label_rule)
   model = models.get_model(arch, num_classes, images.shape[1:], **(model_kwargs or {}))
   start = time.perf_counter()
   variables = train_models(images, labels, model, key, int(num_models), config, dsa, lr=lr,
                            progress=progress, desc=f"eval {arch}", mesh=mesh)
   accs = test_accuracies(model, variables, test_images, test_labels, config.test_batch_size)
   seconds = time.perf_counter() - start
-  return EvalResult(accs, float(accs.mean()), float(accs.std()), seconds, arch, int(epochs))
+  return EvalResult(accs, float(accs.mean()), float(accs.std()), seconds, arch, int(epochs), label_rule)
 
 
 def evaluate_architectures(images, labels, archs: Sequence[str], key, **kwargs) -> Dict[str, EvalResult]:

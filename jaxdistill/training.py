@@ -22,6 +22,28 @@ class TrainState(NamedTuple):
   step: jnp.ndarray
 
 
+LOSSES = ("cross_entropy", "mse")
+
+
+def mse(logits, targets, weights=None):
+  """Mean squared error ``½ · mean_c (logits − targets)²`` per example, averaged over the batch (the loss KIP's
+  code trains finite networks with, on centred one-hot or learned regression targets ``[N, C]``); ``weights [N]``
+  make it a weighted mean."""
+  losses = 0.5 * jnp.mean(jnp.square(logits - targets), axis=-1)
+  if weights is None:
+    return jnp.mean(losses)
+  return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def classification_loss(logits, labels, weights=None, loss: str = "cross_entropy"):
+  """:func:`cross_entropy` or :func:`mse` by name (one of :data:`LOSSES`)."""
+  if loss == "mse":
+    return mse(logits, labels, weights)
+  if loss != "cross_entropy":
+    raise ValueError(f"loss must be one of {list(LOSSES)}, got {loss!r}.")
+  return cross_entropy(logits, labels, weights)
+
+
 def cross_entropy(logits, labels, weights=None):
   """Mean softmax cross-entropy of ``logits [N, C]`` against int labels ``[N]`` or soft labels ``[N, C]``.
 
@@ -47,9 +69,29 @@ def sgd(learning_rate, momentum: float = 0.9, weight_decay: float = 5e-4) -> opt
   return optax.inject_hyperparams(make)(learning_rate=learning_rate)
 
 
+def reference_schedule(epochs: int):
+  """``(epochs_run, decay_epoch)`` of the reference ``evaluate_synset`` (DC/DSA/DM/MTT code) for a nominal
+  ``epochs = E``: it loops ``for ep in range(E + 1)`` (so ``E + 1`` epochs run) and, right after training epoch
+  ``⌊E/2⌋ + 1``, multiplies the lr by 0.1 and re-creates the SGD optimiser (momentum buffers reset), so epochs
+  ``≥ ⌊E/2⌋ + 2`` (0-indexed) train at a tenth of the lr from a zero momentum buffer. For ``E = 300``: 301 epochs,
+  lr drops from epoch 152 on."""
+  epochs = int(epochs)
+  return epochs + 1, epochs // 2 + 2
+
+
 def step_decay(base_lr, epoch, epochs: int):
-  """The evaluation schedule: ``base_lr`` until epoch ``⌊E/2⌋``, then ``0.1 · base_lr`` (0-indexed epochs)."""
-  return base_lr * jnp.where(epoch >= epochs // 2 + 1, 0.1, 1.0)
+  """The evaluation lr of 0-indexed ``epoch`` for nominal ``epochs`` (:func:`reference_schedule`): ``base_lr``
+  until epoch ``⌊E/2⌋ + 1``, then ``0.1 · base_lr``."""
+  return base_lr * jnp.where(epoch >= reference_schedule(epochs)[1], 0.1, 1.0)
+
+
+def reset_momentum(tx: optax.GradientTransformation, state: "TrainState") -> "TrainState":
+  """``state`` with a freshly initialised optimiser state (momentum buffers zero) for its parameters — the
+  reference re-creates its SGD optimiser at the lr decay. The learning rate hyperparameter is kept."""
+  fresh = tx.init(state.variables["params"])
+  if hasattr(state.opt_state, "hyperparams") and hasattr(fresh, "hyperparams"):
+    fresh = fresh._replace(hyperparams=state.opt_state.hyperparams)
+  return state._replace(opt_state=fresh)
 
 
 def init_state(model, key, image_shape, tx: optax.GradientTransformation) -> TrainState:
@@ -60,7 +102,7 @@ def init_state(model, key, image_shape, tx: optax.GradientTransformation) -> Tra
 
 def train_step(model, tx, state: TrainState, images, labels, key, weights=None,
                dsa: Optional[DSAParams] = None, op_index=None, learning_rate=None,
-               return_logits: bool = False):
+               return_logits: bool = False, loss: str = "cross_entropy"):
   """One SGD step on a batch ``images [B, H, W, C]``, ``labels [B]`` or ``[B, C]``.
 
   Args:
@@ -71,6 +113,7 @@ def train_step(model, tx, state: TrainState, images, labels, key, weights=None,
       ``key`` if None.
     learning_rate: if given, overrides the optimiser's learning rate for this step.
     return_logits: also return the logits ``[B, C]`` computed before the update.
+    loss: ``"cross_entropy"`` (int or soft labels) or ``"mse"`` (regression targets ``[B, C]``).
 
   Returns:
     ``(new_state, loss)``, or ``(new_state, loss, logits)`` with ``return_logits``.
@@ -83,9 +126,9 @@ def train_step(model, tx, state: TrainState, images, labels, key, weights=None,
 
   def loss_fn(params):
     logits, new_vars = models.apply(model, {**state.variables, "params": params}, images, train=True)
-    return cross_entropy(logits, labels, weights), (new_vars, logits)
+    return classification_loss(logits, labels, weights, loss), (new_vars, logits)
 
-  (loss, (new_vars, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.variables["params"])
+  (value, (new_vars, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.variables["params"])
   opt_state = state.opt_state
   if learning_rate is not None:  # a new state, not an in-place edit of the caller's (eager mode would see it)
     opt_state = opt_state._replace(
@@ -94,8 +137,8 @@ def train_step(model, tx, state: TrainState, images, labels, key, weights=None,
   params = optax.apply_updates(state.variables["params"], updates)
   new_state = TrainState({**new_vars, "params": params}, opt_state, state.step + 1)
   if return_logits:
-    return new_state, loss, logits
-  return new_state, loss
+    return new_state, value, logits
+  return new_state, value
 
 
 def predict_batched(model, variables, images, batch_size: int = 1000):

@@ -76,10 +76,16 @@ def test_sgd_is_pytorch_sgd(momentum):
 
 
 def test_step_decay():
-  epochs = 10  # lr until epoch 5 (0-indexed), then a tenth
-  lrs = [float(training.step_decay(0.5, e, epochs)) for e in range(epochs)]
-  np.testing.assert_allclose(lrs, [0.5] * 6 + [0.05] * 4, rtol=1e-6)
-  assert float(training.step_decay(jnp.float32(2.0), jnp.int32(7), 13)) == pytest.approx(0.2)
+  """The reference evaluate_synset with Epoch = 10: ``for ep in range(11)``, lr ×0.1 after ep == 10//2 + 1 = 6,
+  so epochs 0..6 at the base lr and 7..10 at a tenth (11 epochs run)."""
+  epochs = 10
+  assert training.reference_schedule(epochs) == (11, 7)
+  assert training.reference_schedule(300) == (301, 152)
+  assert training.reference_schedule(1000) == (1001, 502)
+  lrs = [float(training.step_decay(0.5, e, epochs)) for e in range(11)]
+  np.testing.assert_allclose(lrs, [0.5] * 7 + [0.05] * 4, rtol=1e-6)
+  assert float(training.step_decay(jnp.float32(2.0), jnp.int32(8), 13)) == pytest.approx(0.2)
+  assert float(training.step_decay(jnp.float32(2.0), jnp.int32(7), 13)) == pytest.approx(2.0)
 
 
 # --- one step --------------------------------------------------------------------------------------------------

@@ -50,9 +50,9 @@ class BasicBlock(nn.Module):
     down = self.stride != 1
     conv_stride = 1 if self.avg_pool_down else self.stride
     y = conv(x, self.features, 3, stride=conv_stride, padding=1, init=self.init_scheme, use_bias=False)
-    if down and self.avg_pool_down:
-      y = pool(y, "avg")
     y = nn.relu(norm(y, self.norm, train))
+    if down and self.avg_pool_down:  # the reference BasicBlock_AP pools after conv → norm → ReLU
+      y = pool(y, "avg")
     y = norm(conv(y, self.features, 3, padding=1, init=self.init_scheme, use_bias=False), self.norm, train)
     shortcut = x
     if down or x.shape[-1] != self.features:
@@ -65,7 +65,9 @@ class BasicBlock(nn.Module):
 
 class ResNet18(nn.Module):
   """ResNet-18 for 28–32 px inputs: 3×3 stem (64), four stages of two basic blocks (64, 128, 256, 512),
-  global average pool, linear classifier."""
+  global average pool, linear classifier. ``avg_pool_down`` is the condensation papers' ResNet-18-AP
+  (``networks.py`` ``ResNet_AP``): stride-1 convs with 2×2 average pooling after the first conv's norm and ReLU
+  (and in the shortcut after its 1×1 conv), and no global pooling — the final feature map is flattened."""
   num_classes: int
   norm: str = "instancenorm"
   avg_pool_down: bool = False
@@ -78,7 +80,10 @@ class ResNet18(nn.Module):
       for j in range(2):
         stride = 2 if (i > 0 and j == 0) else 1
         x = BasicBlock(features, stride, self.norm, self.avg_pool_down, self.init_scheme)(x, train)
-    x = mean_pool(x)
+    if self.avg_pool_down:  # ResNet_AP: avg_pool2d(kernel 1) is the identity, the whole map is flattened
+      x = x.reshape((x.shape[0], -1))  # 512·4·4 at 32 px, 512·3·3 at 28 px
+    else:
+      x = mean_pool(x)
     if embed:
       return x
     return dense(x, self.num_classes, init=self.init_scheme)

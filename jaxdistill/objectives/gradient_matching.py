@@ -28,6 +28,7 @@ from jaxdistill.objectives.base import Objective, RealBatch, map_classes, per_cl
 
 METRICS = ("ours", "mse", "cos")
 EPS = 1e-6
+BN_PER_CLASS = 16  # real images per class that set a batch-norm matching net's statistics (DC code: BNSizePC)
 # IPC -> (outer_loop, inner_loop) of the reference code (DC/DSA ``get_loops``).
 LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
 
@@ -154,19 +155,33 @@ def make_gradient_matching(config: GradientMatchingConfig, *, num_classes: int, 
     """A fresh random network and a zero counter."""
     return GMState(fresh(key), jnp.zeros((), jnp.int32))
 
+  has_bn = "batch_stats" in models.init_variables(model, jax.random.PRNGKey(0), image_shape)
+
   def grads(variables, x, y):
     def ce(p):
-      logits, _ = models.apply(model, {**variables, "params": p}, x, train=True)
+      # With batch norm the statistics are frozen (eval mode), as the reference does while matching.
+      logits, _ = models.apply(model, {**variables, "params": p}, x, train=not has_bn)
       return training.cross_entropy(logits, y)
     return jax.grad(ce)(variables["params"])
+
+  def frozen_bn_variables(variables, real_x):
+    """The reference's BN handling (DC ``main.py``): one train-mode forward pass of a real batch of
+    :data:`BN_PER_CLASS` images per class updates the running statistics, which are then frozen (eval mode)
+    for matching — a synthetic batch of 1–10 images gives no stable statistics. Here the first
+    :data:`BN_PER_CLASS` images of each class's (un-augmented) real batch are used."""
+    bn_x = real_x[:, :BN_PER_CLASS].reshape((-1,) + real_x.shape[2:])
+    _, new_vars = models.apply(model, variables, bn_x, train=True)
+    return {**variables, "batch_stats": jax.lax.stop_gradient(new_vars["batch_stats"])}
 
   def loss(state: GMState, syn, real: RealBatch, key):
     """Σ_c D(∇θ L(S_c), sg(∇θ L(T_c))) — real ``[C, n, ...]``, syn class-major ``[C·ipc, ...]``."""
     syn_x, syn_y = per_class(syn.images, syn.labels, num_classes)
     real_x, real_y = real.images, real.labels
+    variables = state.net.variables
+    if has_bn:
+      variables = frozen_bn_variables(variables, real_x)
     if dsa is not None:
       real_x, syn_x = siamese_augment(key, real_x, syn_x, dsa, config.shared_op)
-    variables = state.net.variables
 
     def one(rx, ry, sx, sy):
       g_real = jax.tree_util.tree_map(jax.lax.stop_gradient, grads(variables, rx, ry))
