@@ -75,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--method", required=True, choices=method_choices())
   parser.add_argument("--iterations", type=common.positive_int, default=None,
-                      help="image updates (default: the paper's, DC/DSA 1000, DM 20000)")
+                      help="iterations (default: the paper's, DC/DSA 1000, DM 20000); for DC/DSA an iteration is "
+                           "an outer iteration (a fresh network, outer_loop image updates), for the rest one "
+                           "image update")
   parser.add_argument("--eval-every", type=int, default=0, help="evaluate every N iterations (0: only at end)")
   parser.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint every N iterations")
   parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.npz")
@@ -138,6 +140,26 @@ def build_configs(args, spec):
   return obj_cfg, loop_cfg, init
 
 
+def updates_per_iteration(obj_cfg, ipc: int) -> int:
+  """Image updates in one reported iteration. DC/DSA (any gradient-matching objective): ``outer_loop``, because
+  in the papers and their code one iteration is one *outer* iteration — a fresh network, then ``outer_loop`` ×
+  (match every class, one image update, ``inner_loop`` network epochs). Every other method: 1."""
+  from jaxdistill.objectives.gradient_matching import GradientMatchingConfig
+  if isinstance(obj_cfg, GradientMatchingConfig):
+    return obj_cfg.loops(ipc)[0]
+  return 1
+
+
+def in_image_updates(loop_cfg, per_iteration: int):
+  """``loop_cfg`` with its iteration counts (``iterations``, ``eval_every``, ``checkpoint_every``) converted
+  from reported iterations to the loop's unit, image updates."""
+  if per_iteration == 1:
+    return loop_cfg
+  return dataclasses.replace(loop_cfg, iterations=loop_cfg.iterations * per_iteration,
+                             eval_every=loop_cfg.eval_every * per_iteration,
+                             checkpoint_every=loop_cfg.checkpoint_every * per_iteration)
+
+
 def main(argv=None) -> dict:
   args = build_parser().parse_args(argv)
   mesh = common.setup_devices(args)  # --distributed / --devices (jaxdistill.sharding)
@@ -146,6 +168,10 @@ def main(argv=None) -> dict:
   data = common.load_dataset(args)
   spec = data.spec
   obj_cfg, loop_cfg, init = build_configs(args, spec)
+  common.resolve_eval(args, args.method)
+  per_iteration = updates_per_iteration(obj_cfg, args.ipc)
+  iterations = loop_cfg.iterations
+  loop_cfg = in_image_updates(loop_cfg, per_iteration)
   key = jax.random.PRNGKey(args.seed)
   k_init, k_loop, k_eval = jax.random.split(key, 3)
   objective, param, syn = BUILDERS.get(args.method, build_pixels)(args, data, obj_cfg, init, k_init)
@@ -168,8 +194,10 @@ def main(argv=None) -> dict:
               "kind": "distilled", "init": init, "parameterisation": param.name,
               "storage_floats": int(param.storage(result.state.syn)), "objective_config": dataclasses.asdict(obj_cfg),
               "loop_config": dataclasses.asdict(loop_cfg), "resumed_from": result.start_iteration}
-  metrics = {**common.eval_metrics(args, final), "iterations": loop_cfg.iterations,
-             "seconds_per_iteration": result.seconds_per_iteration, "peak_memory_mb": common.peak_memory_mb(),
+  metrics = {**common.eval_metrics(args, final), "iterations": iterations, "image_updates": loop_cfg.iterations,
+             "image_updates_per_iteration": per_iteration,
+             "seconds_per_iteration": result.seconds_per_iteration * per_iteration,
+             "seconds_per_image_update": result.seconds_per_iteration, "peak_memory_mb": common.peak_memory_mb(),
              "loss_curve": [float(v) for v in result.losses],
              "evaluations": [{"iteration": i, **r.to_dict()} for i, r in result.evals],
              "distill_seconds": distill_seconds, "seconds": time.perf_counter() - start,
@@ -180,8 +208,8 @@ def main(argv=None) -> dict:
     metadata.update(more)
   payload = common.write_outputs(args.out, data, batch.images, batch.labels, metrics, metadata, lr=batch.lr,
                                  extra=extra)
-  print(f"{args.method} ipc={args.ipc} iterations={loop_cfg.iterations}: {final}  "
-        f"({result.seconds_per_iteration:.3f} s/it) -> {args.out}")
+  print(f"{args.method} ipc={args.ipc} iterations={iterations} ({loop_cfg.iterations} image updates): {final}  "
+        f"({result.seconds_per_iteration * per_iteration:.3f} s/it) -> {args.out}")
   return payload
 
 
