@@ -112,6 +112,14 @@ def section(res: Dict) -> str:
       out.append(f"| {r['method']} | {_num(r.get('ipc'))} | {_acc(r)} | {_also(r)} | "
                  f"{_num(r.get('seconds_per_iteration'))} | {_num(r.get('peak_memory_mb'), '{:.0f}')} | "
                  f"{_num(r.get('published'))} | {p} |")
+  parity = [r for r in rows if r.get("reference_code_accuracy") is not None]
+  if parity:
+    out += ["", "Parity with the authors' code run on this kind of machine (bar: ours ≥ reference − one std of "
+            "ours):", "", "| method | IPC | ours (%) | reference code (%) | bar (%) | meets the bar |",
+            "|---|---|---|---|---|---|"]
+    for r in parity:
+      out.append(f"| {r['method']} | {_num(r.get('ipc'))} | {_acc(r)} | {100 * r['reference_code_accuracy']:.1f} | "
+                 f"{_num(r.get('parity_bar'))} | {'yes' if r.get('meets_parity') else 'no'} |")
   other = [r for r in rows if r.get("test_accuracy_mean") is None]
   if other:
     keys = []

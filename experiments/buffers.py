@@ -12,6 +12,7 @@ per expert in ``shards``).
 from __future__ import annotations
 
 import argparse
+import time
 
 from experiments import common
 from jaxdistill import experts, io
@@ -41,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", required=True, help="buffer folder (must be new or empty)")
   p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
+  p.add_argument("--resume", action="store_true",
+                 help="keep the shards already in --out (same flags required) and train the missing ones")
+  p.add_argument("--time-budget", type=float, default=None,
+                 help="start no new shard after this many seconds; run again with --resume to continue")
   p.add_argument("--data-dir", default=None, help="TFDS data dir (default: $JAXDISTILL_DATA_DIR)")
   p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
   return p
@@ -54,7 +59,10 @@ def main(argv=None) -> dict:
       experts_per_shard=args.experts_per_shard, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
       dsa=not args.no_dsa, dsa_strategy=DIGIT_STRATEGY if spec.digits else DEFAULT_STRATEGY, zca=args.zca,
       zca_reg=args.zca_reg, seed=args.seed).validate()
-  io.prepare_out_dir(args.out, overwrite=args.overwrite)
+  if args.time_budget is not None and not args.time_budget > 0:
+    raise ValueError(f"--time-budget must be > 0 seconds, got {args.time_budget}.")
+  deadline = None if args.time_budget is None else time.monotonic() + args.time_budget
+  io.prepare_out_dir(args.out, overwrite=args.overwrite, resume=args.resume)
   split = "train" if args.train_size is None else f"train[:{args.train_size}]"
   train_x, train_y, _ = load(args.dataset, split, data_dir=args.data_dir)
   test_x, test_y, _ = load(args.dataset, "test", data_dir=args.data_dir)
@@ -62,7 +70,11 @@ def main(argv=None) -> dict:
     test_x, test_y = test_x[:args.test_size], test_y[:args.test_size]
   meta = experts.train_experts(config, train_x, train_y, test_x, test_y, spec.num_classes, args.out,
                                dataset=args.dataset, split=split, progress=not args.quiet,
-                               log=None if args.quiet else print)
+                               log=None if args.quiet else print, resume=args.resume, deadline=deadline)
+  if not meta["complete"]:
+    print(f"stopped at the time budget: {meta['shards_done']} of {meta['shards']} shards in {args.out}; "
+          "continue with the same command and --resume.")
+    return meta
   accs = ", ".join(f"{100 * a:.2f}" for a in meta["test_accuracy_mean"])
   print(f"{meta['num_experts']} experts x {meta['epochs']} epochs ({meta['seconds']:.0f} s) -> {args.out}\n"
         f"mean expert test accuracy per epoch (%), epoch 0 = initialisation: {accs}")

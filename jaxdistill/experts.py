@@ -191,7 +191,8 @@ def shard_file(i: int) -> str:
 
 def train_experts(config: ExpertConfig, train_x, train_y, test_x, test_y, num_classes: int, out_dir: str, *,
                   dataset: str, split: str = "train", progress: bool = True,
-                  log: Optional[Callable[[str], None]] = None, mesh=None) -> Dict[str, Any]:
+                  log: Optional[Callable[[str], None]] = None, mesh=None, resume: bool = False,
+                  deadline: Optional[float] = None) -> Dict[str, Any]:
   """Trains ``config.num_experts`` experts and writes the buffer folder ``out_dir`` (format: module docstring).
 
   Args:
@@ -201,9 +202,15 @@ def train_experts(config: ExpertConfig, train_x, train_y, test_x, test_y, num_cl
     log: optional callback receiving one line per shard and epoch (expert test accuracy).
     mesh: optional :class:`jax.sharding.Mesh`: a shard's experts are split across its devices
       (:func:`jaxdistill.sharding.model_mesh`); same trajectories as on one device.
+    resume: keep the shards already in ``out_dir`` that were written by the same configuration, dataset and
+      split (each shard records them), train only the missing ones; a shard from another configuration is
+      refused with a ValueError.
+    deadline: optional ``time.monotonic()`` value: no new shard starts after it; the call then returns
+      ``{"complete": False, "shards_done": k, "shards": n}`` without writing ``buffer.json`` (resume later).
 
   Returns:
-    The metadata written to ``buffer.json`` (``test_accuracy_mean`` per epoch, seconds, …).
+    The metadata written to ``buffer.json`` (``test_accuracy_mean`` per epoch, seconds, …), with
+    ``"complete": True``.
   """
   config.validate()
   train_x, test_x, _ = prepare_images(config, np.asarray(train_x, np.float32), np.asarray(test_x, np.float32))
@@ -229,6 +236,16 @@ def train_experts(config: ExpertConfig, train_x, train_y, test_x, test_y, num_cl
                     unit="epoch") as bar:
     for si, size in enumerate(sizes):
       ids = np.arange(first, first + size)
+      identity = {"config": io._jsonable(dataclasses.asdict(config)), "dataset": dataset, "split": split,
+                  "num_train": int(n)}
+      done = _finished_shard(out_dir, si, identity) if resume else None
+      if done is not None:
+        shards.append({"file": shard_file(si), "experts": size, "test_accuracy": done.tolist()})
+        bar.update(config.epochs)
+        first += size
+        continue
+      if deadline is not None and time.monotonic() >= deadline:
+        return {"complete": False, "shards_done": si, "shards": len(sizes), "out_dir": out_dir}
       keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(ids))
       init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
       data_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
@@ -254,7 +271,7 @@ def train_experts(config: ExpertConfig, train_x, train_y, test_x, test_y, num_cl
       arrays["test_accuracy"] = acc
       io.save_npz(os.path.join(out_dir, shard_file(si)), arrays,
                   {"format": FORMAT, "version": BUFFER_VERSION, "shard": si, "experts": size,
-                   "expert_ids": ids.tolist(), "epochs": config.epochs, "num_params": num_params})
+                   "expert_ids": ids.tolist(), "epochs": config.epochs, "num_params": num_params, **identity})
       shards.append({"file": shard_file(si), "experts": size, "test_accuracy": acc.tolist()})
       del arrays, states  # one shard in memory at a time
       first += size
@@ -269,7 +286,26 @@ def train_experts(config: ExpertConfig, train_x, train_y, test_x, test_y, num_cl
           "shards": shards, "test_accuracy_mean": all_acc.mean(0).tolist(),
           "test_accuracy_std": all_acc.std(0).tolist(), "seconds": time.perf_counter() - start}
   io.save_json(os.path.join(out_dir, METADATA_FILE), meta)
-  return meta
+  return {**meta, "complete": True}
+
+
+def _finished_shard(out_dir: str, si: int, identity: Mapping[str, Any]) -> Optional[np.ndarray]:
+  """The test accuracies ``[experts, epochs + 1]`` of shard ``si`` if its file exists and was written with the
+  same ``identity`` (configuration, dataset, split); None if absent. A shard written otherwise, or unreadable,
+  is a ValueError naming the file (resuming into another buffer would mix trajectories)."""
+  path = os.path.join(out_dir, shard_file(si))
+  if not os.path.exists(path):
+    return None
+  try:
+    arrays, meta = io.load_npz(path)
+  except Exception as e:  # truncated or foreign file
+    raise ValueError(f"cannot resume the expert buffer: {path!r} is unreadable ({e}); delete it to retrain "
+                     "that shard.") from e
+  theirs = {k: meta.get(k) for k in identity}
+  if _normal(theirs) != _normal(dict(identity)):
+    raise ValueError(f"cannot resume the expert buffer: {path!r} was written by another configuration or "
+                     f"dataset ({theirs} vs {dict(identity)}); use a new --out.")
+  return np.asarray(arrays["test_accuracy"])
 
 
 def read_metadata(buffer_dir: str) -> Dict[str, Any]:

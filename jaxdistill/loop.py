@@ -113,13 +113,15 @@ class LoopState(NamedTuple):
 
 class DistillResult(NamedTuple):
   """Outcome of :func:`distill`: final state, ``losses [iterations]`` (float), evaluations
-  ``[(iteration, EvalResult)]``, steady-state seconds per iteration (compile and evaluation excluded) and
-  the iteration the run started from (> 0 after a resume)."""
+  ``[(iteration, EvalResult)]``, steady-state seconds per iteration (compile and evaluation excluded),
+  the iteration the run started from (> 0 after a resume) and whether all ``config.iterations`` ran (False when
+  a ``deadline`` stopped it; the checkpoint holds the state to resume from)."""
   state: LoopState
   losses: np.ndarray
   evals: List[Any]
   seconds_per_iteration: float
   start_iteration: int
+  complete: bool = True
 
 
 def init_state(objective: Objective, syn: SynState, key, config: LoopConfig) -> LoopState:
@@ -260,7 +262,8 @@ def make_evaluator(test_images, test_labels, num_classes: int, arch: str = "conv
 def distill(objective: Objective, param: Parameterisation, syn: SynState, real_images, real_labels,
             num_classes: int, key, config: LoopConfig, *, evaluator: Optional[Callable] = None,
             checkpoint_path: Optional[str] = None, resume: bool = False, progress: bool = True,
-            log: Optional[Callable[[int, float], None]] = None, mesh=None) -> DistillResult:
+            log: Optional[Callable[[int, float], None]] = None, mesh=None,
+            deadline: Optional[float] = None) -> DistillResult:
   """Runs ``config.iterations`` image updates of ``syn`` under ``objective``.
 
   Args:
@@ -275,6 +278,9 @@ def distill(objective: Objective, param: Parameterisation, syn: SynState, real_i
     log: optional ``log(iteration, loss)`` callback, called whenever losses are fetched.
     mesh: optional :class:`jax.sharding.Mesh` (:func:`jaxdistill.sharding.make_mesh`): the step runs over its
       devices, the real batch split across them, the state replicated.
+    deadline: optional ``time.monotonic()`` value: once an iteration ends past it, the loop writes the
+      checkpoint and returns with ``complete=False`` (at least one iteration runs), so long runs can be done in
+      chunks of bounded wall time (``--time-budget`` of the CLIs, ``experiments.full``).
 
   Returns:
     A :class:`DistillResult`.
@@ -298,6 +304,7 @@ def distill(objective: Objective, param: Parameterisation, syn: SynState, real_i
   evals = []
   pending = []
   timed, timed_seconds = 0, 0.0
+  complete = True
 
   def flush():
     vals = np.asarray(jax.device_get(jnp.stack(pending))) if pending else []
@@ -334,8 +341,11 @@ def distill(objective: Objective, param: Parameterisation, syn: SynState, real_i
           and done != config.iterations:
         flush()
         save_checkpoint(checkpoint_path, state, key, losses)
+      if deadline is not None and done < config.iterations and time.monotonic() >= deadline:
+        complete = False
+        break
   flush()
   if checkpoint_path:
     save_checkpoint(checkpoint_path, state, key, losses)
   spi = timed_seconds / timed if timed else float("nan")
-  return DistillResult(state, np.asarray(losses, np.float64), evals, spi, start)
+  return DistillResult(state, np.asarray(losses, np.float64), evals, spi, start, complete)
