@@ -46,8 +46,9 @@ def require_neural_tangents():
   except Exception as e:  # noqa: BLE001 — any import-time failure (missing module, removed JAX API) counts.
     raise ImportError(
         f"neural-tangents is needed for the infinite-width NTK/NNGP kernels (KIP) but could not be imported "
-        f"with jax {jax.__version__}: {type(e).__name__}: {e}. Install a neural-tangents release that supports "
-        "this JAX (pip install neural-tangents), or use the methods that need no neural-tangents (rfad, frepo)."
+        f"with jax {jax.__version__}: {type(e).__name__}: {e}. Install the extra (pip install "
+        "jaxdistill[kernels]: neural-tangents 0.6.5, which needs jax<=0.5.3), or use the methods that need no "
+        "neural-tangents (rfad, frepo)."
     ) from e
   return nt, stax
 

@@ -1,5 +1,6 @@
-"""Data: TFDS loading (Fashion-MNIST offline), normalisation, ZCA, class-indexed sampling."""
-from jaxdistill.data.datasets import default_data_dir, load, load_uint8
+"""Data: loading (TFDS, or IDX files with NumPy alone), normalisation, ZCA, class-indexed sampling."""
+from jaxdistill.data import idx
+from jaxdistill.data.datasets import BACKENDS, default_data_dir, load, load_uint8, resolve_backend
 from jaxdistill.data.normalise import denormalise, normalise
 from jaxdistill.data.sampling import (ClassIndex, check_ipc, class_index, random_subset,
                                       sample_balanced, sample_class)
@@ -7,7 +8,7 @@ from jaxdistill.data.specs import DATASETS, DatasetSpec, get_spec
 from jaxdistill.data.zca import ZCA, fit_zca
 
 __all__ = [
-    "ClassIndex", "DATASETS", "DatasetSpec", "ZCA", "check_ipc", "class_index", "default_data_dir",
-    "denormalise", "fit_zca", "get_spec", "load", "load_uint8", "normalise", "random_subset",
-    "sample_balanced", "sample_class",
+    "BACKENDS", "ClassIndex", "DATASETS", "DatasetSpec", "ZCA", "check_ipc", "class_index", "default_data_dir",
+    "denormalise", "fit_zca", "get_spec", "idx", "load", "load_uint8", "normalise", "random_subset",
+    "resolve_backend", "sample_balanced", "sample_class",
 ]
