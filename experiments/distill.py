@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from experiments import common
-from jaxdistill import io, loop, objectives, synthetic
+from jaxdistill import io, loop, objectives, presets, synthetic
 from jaxdistill.augment import DIGIT_STRATEGY
 
 # Per-method hooks, so every method runs through this one CLI:
@@ -71,9 +71,32 @@ def method_choices():
   return tuple(sorted(set(objectives.METHODS) | set(BUILDERS)))
 
 
+class ListPresets(argparse.Action):
+  """``--list-presets [METHOD]``: prints :func:`jaxdistill.presets.describe` (every preset value with its source)
+  and exits 0 before the required flags are checked, like ``--help``."""
+
+  def __init__(self, option_strings, dest, **kwargs):
+    super().__init__(option_strings, dest, nargs="?", default=argparse.SUPPRESS, metavar="METHOD", **kwargs)
+
+  def __call__(self, parser, namespace, values, option_string=None):
+    try:
+      text = presets.describe(values)
+    except ValueError as e:
+      parser.error(str(e))
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--method", required=True, choices=method_choices())
+  parser.add_argument("--preset", default=None, choices=presets.names(),
+                      help="hyperparameters for (method, dataset, IPC) from jaxdistill/presets: 'paper' (published, "
+                           "each value with its source) or 'cpu' (the benchmarks' reduced protocol); --config and "
+                           "explicit flags override it (default: the registry's defaults)")
+  parser.add_argument("--list-presets", action=ListPresets,
+                      help="print every preset value with its source (optionally of one METHOD) and exit")
   parser.add_argument("--iterations", type=common.positive_int, default=None,
                       help="iterations (default: the paper's, DC/DSA 1000, DM 20000); for DC/DSA an iteration is "
                            "an outer iteration (a fresh network, outer_loop image updates), for the rest one "
@@ -94,24 +117,47 @@ def build_parser() -> argparse.ArgumentParser:
   return common.add_common_args(parser)
 
 
+def apply_preset(args) -> dict:
+  """Resolves ``--preset`` (:func:`jaxdistill.presets.resolve` for the method, ``--dataset``, ``--ipc`` and, for
+  parameterisation methods, ``--objective``) and returns its objective / loop / ``init`` values, which the caller
+  puts under the ``--config`` overrides. Its evaluation keys (``eval_epochs``, ``eval_dsa``, ``eval_models``,
+  ``eval_learned_lr``) and parameterisation flags (e.g. ``lr_features``) are set on ``args`` only where they are
+  None (no flag given). Records ``args.preset_sources`` (``{option: source}``; empty without a preset)."""
+  args.preset_sources = {}
+  name = getattr(args, "preset", None)
+  if not name:
+    return {}
+  objective = objective_name(args) if args.method in presets.PARAMETERISATION_OPTIONS else None
+  preset = presets.resolve(args.method, name, args.dataset, args.ipc, objective=objective)
+  args.preset_sources = dict(preset.sources)
+  flags = set(presets.EVAL_KEYS) | set(presets.PARAMETERISATION_OPTIONS.get(args.method, ()))
+  for key in sorted(flags & set(preset.values)):
+    if getattr(args, key, None) is None:
+      value = preset.values[key]
+      setattr(args, key, tuple(value) if isinstance(value, list) else value)
+  return {k: v for k, v in preset.values.items() if k not in flags}
+
+
 def build_configs(args, spec):
-  """``(objective_config, loop_config, init)`` from the flags, the ``--config`` JSON and the paper defaults.
+  """``(objective_config, loop_config, init)`` from the flags, the ``--config`` JSON, the ``--preset`` and the
+  paper defaults (precedence, lowest first: registry defaults, preset, ``--config``, explicit flags).
 
   Raises:
-    ValueError: unknown keys in ``--config`` or invalid values.
+    ValueError: unknown keys in ``--config``, an unknown preset for the method, or invalid values.
   """
   method = objective_name(args)
   defaults = objectives.method_defaults(method)
   base = objectives.default_config(method)
   obj_fields = {f.name for f in dataclasses.fields(base)}
   loop_fields = {f.name for f in dataclasses.fields(loop.LoopConfig)}
-  overrides = io.load_json(args.config) if args.config else {}
-  if not isinstance(overrides, dict):
+  config_json = io.load_json(args.config) if args.config else {}
+  if not isinstance(config_json, dict):
     raise ValueError(f"--config {args.config!r} must hold a JSON object.")
-  unknown = sorted(set(overrides) - obj_fields - loop_fields - {"init"})
+  unknown = sorted(set(config_json) - obj_fields - loop_fields - {"init"})
   if unknown:
     raise ValueError(f"--config: unknown option(s) {unknown}; accepted: {sorted(obj_fields | loop_fields)} "
                      "and 'init'.")
+  overrides = {**apply_preset(args), **config_json}  # registry defaults < preset < --config < flags
   obj_over = {k: v for k, v in overrides.items() if k in obj_fields}
   if "dsa_strategy" in obj_over:
     obj_over["dsa_strategy"] = tuple(obj_over["dsa_strategy"])
@@ -193,7 +239,8 @@ def main(argv=None) -> dict:
   metadata = {"method": args.method, "dataset": args.dataset, "ipc": args.ipc, "seed": args.seed,
               "kind": "distilled", "init": init, "parameterisation": param.name,
               "storage_floats": int(param.storage(result.state.syn)), "objective_config": dataclasses.asdict(obj_cfg),
-              "loop_config": dataclasses.asdict(loop_cfg), "resumed_from": result.start_iteration}
+              "loop_config": dataclasses.asdict(loop_cfg), "resumed_from": result.start_iteration,
+              "preset": getattr(args, "preset", None), "preset_sources": getattr(args, "preset_sources", {})}
   metrics = {**common.eval_metrics(args, final), "iterations": iterations, "image_updates": loop_cfg.iterations,
              "image_updates_per_iteration": per_iteration,
              "seconds_per_iteration": result.seconds_per_iteration * per_iteration,
