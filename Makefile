@@ -12,7 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN_DIR ?= runs/main-$(shell date +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
 
-.PHONY: install data run test test-latest bench lock clean
+.PHONY: install data run full test test-latest bench lock clean
 
 install: $(VENV)/.installed
 
@@ -39,6 +39,11 @@ $(JAXDISTILL_DATA_DIR)/.fashion_mnist_prepared: $(FMNIST_RAW) jaxdistill/data/of
 # The main job: distill Fashion-MNIST (DM, IPC 10, reduced CPU protocol) and evaluate it next to a random subset.
 run: install data
 	$(PY) -m experiments.main --out $(RUN_DIR)
+
+# One chunk (<= 9 min) of the paper protocol (DC, DSA, DM, MTT at IPC 1/10/50); run again to continue.
+FULL_DIR ?= runs/full
+full: install data
+	$(PY) -m experiments.main --full --out $(FULL_DIR)
 
 test: install data
 	set -o pipefail; $(PY) -m pytest -q -rs $(PYTEST_ARGS) tests

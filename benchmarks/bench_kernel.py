@@ -4,8 +4,8 @@ Rows (``run(quick)`` yields them as they are measured):
 
 * accuracy rows, IPC 1 and 10: each method distilled with a reduced CPU budget (stated in ``protocol``), then
   evaluated with the shared protocol :data:`benchmarks.common.EVAL` (3 ConvNet-128 × 300 epochs, DSA) so the
-  numbers sit next to the matching methods' rows; learned soft labels are turned into distributions for the
-  finite networks (:func:`jaxdistill.objectives.kip.labels_for_training`). KIP rows also carry
+  numbers sit next to the matching methods' rows; the sets' labels are used by each method's label rule
+  (:func:`jaxdistill.evaluate.protocol`: MSE targets for KIP and FRePo, projected soft labels for RFAD). KIP rows also carry
   ``krr_test_accuracy`` (KRR with its FC NTK on the whole test split), with the same number for the
   random real subset it started from (``krr_test_accuracy_init``);
 * kernel-time rows: seconds to evaluate ``K_ts`` for a support set of 100 images against growing target batches,
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from benchmarks import common
 from jaxdistill import kernels, loop, objectives, synthetic
-from jaxdistill.objectives.kip import krr_test_accuracy, labels_for_training
+from jaxdistill.objectives.kip import krr_test_accuracy
 from jaxdistill.objectives.rfad import RFADConfig, feature_kernel, random_features
 
 BENCH = "kernel"
@@ -96,7 +96,6 @@ def run(quick: bool = False, select=None):
   select = select or (lambda method, ipc: True)
   data = common.load_data(quick)
   ev = common.eval_protocol(quick)
-  evaluator = common.make_evaluator(data, quick)
   nc, shape = data.num_classes, data.train_x.shape[1:]
   yield from (r for r in kernel_times(data.train_x, quick, select) if select(r["method"], r["ipc"]))
   for ipc in p["ipcs"]:
@@ -115,8 +114,8 @@ def run(quick: bool = False, select=None):
       out = loop.distill(obj, synthetic.PIXELS, syn, data.train_x, data.train_y, nc, key, lc, progress=False)
       distill_seconds = time.perf_counter() - t0
       batch = synthetic.PIXELS.render(out.state.syn)
-      train_labels = labels_for_training(batch.labels)
-      res = evaluator(synthetic.SyntheticBatch(batch.images, train_labels), jax.random.fold_in(key, 7))
+      evaluator = common.make_evaluator(data, quick, method)  # the method's label rule (jaxdistill.evaluate)
+      res = evaluator(synthetic.SyntheticBatch(batch.images, batch.labels), jax.random.fold_in(key, 7))
       extra = {}
       if method == "kip":
         init_batch = synthetic.PIXELS.render(syn)

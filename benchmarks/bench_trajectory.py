@@ -85,7 +85,7 @@ def run(quick: bool = False, select=None):
   p = _protocol(quick)
   select = select or (lambda method, ipc: True)
   data = common.load_data(quick, train_size=p["train_size"])
-  evaluator = common.make_evaluator(data, quick)
+  evaluator = common.make_evaluator(data, quick, "mtt")  # MTT evaluates with its learned lr
   ev = common.eval_protocol(quick)
   tmp = tempfile.mkdtemp(prefix="jaxdistill_buffer_")
   cfg_e = experts.ExpertConfig(arch="convnet", width=p["width"], num_experts=p["experts"],

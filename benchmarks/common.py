@@ -70,11 +70,13 @@ def load_data(quick: bool, train_size: Optional[int] = None) -> Data:
   return Data(x, y, tx, ty, spec.num_classes, spec.digits)
 
 
-def make_evaluator(data: Data, quick: bool):
-  """``evaluator(SyntheticBatch, key) -> EvalResult`` under the shared protocol."""
+def make_evaluator(data: Data, quick: bool, method: Optional[str] = None, **rule):
+  """``evaluator(SyntheticBatch, key) -> EvalResult`` under the shared protocol, with ``method``'s label and
+  learned-lr rule (:func:`jaxdistill.evaluate.protocol`; ``learned_lr=`` / ``label_rule=`` override)."""
   p = eval_protocol(quick)
   return loop.make_evaluator(data.test_x, data.test_y, data.num_classes, p.arch, p.models, p.epochs,
-                             dsa=default_params(digits=data.digits), model_kwargs={"width": p.width})
+                             dsa=default_params(digits=data.digits), model_kwargs={"width": p.width},
+                             method=method, **rule)
 
 
 def peak_memory_mb() -> float:

@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--eval-every", type=int, default=0, help="evaluate every N iterations (0: only at end)")
   parser.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint every N iterations")
   parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.npz")
+  parser.add_argument("--time-budget", type=float, default=None,
+                      help="stop after this many seconds (checkpoint written, no evaluation); run again with "
+                           "--resume to continue — long paper runs in chunks")
   parser.add_argument("--config", default=None, help="JSON file of objective / loop option overrides")
   parser.add_argument("--real-per-class", type=common.positive_int, default=None,
                       help="real images per class per iteration (default 256)")
@@ -210,7 +213,9 @@ def main(argv=None) -> dict:
   args = build_parser().parse_args(argv)
   mesh = common.setup_devices(args)  # --distributed / --devices (jaxdistill.sharding)
   io.prepare_out_dir(args.out, overwrite=args.overwrite, resume=args.resume)
-  start = time.perf_counter()
+  start, start_monotonic = time.perf_counter(), time.monotonic()
+  if args.time_budget is not None and not args.time_budget > 0:
+    raise ValueError(f"--time-budget must be > 0 seconds, got {args.time_budget}.")
   data = common.load_dataset(args)
   spec = data.spec
   obj_cfg, loop_cfg, init = build_configs(args, spec)
@@ -228,7 +233,17 @@ def main(argv=None) -> dict:
   ckpt = os.path.join(args.out, "checkpoint.npz")
   result = loop.distill(objective, param, syn, data.train_x, data.train_y, spec.num_classes, k_loop,
                         loop_cfg, evaluator=evaluator, checkpoint_path=ckpt, resume=args.resume,
-                        progress=not args.quiet, mesh=mesh)
+                        progress=not args.quiet, mesh=mesh,
+                        deadline=None if args.time_budget is None else start_monotonic + args.time_budget)
+  if not result.complete:
+    done = len(result.losses)
+    status = {"complete": False, "method": args.method, "ipc": args.ipc, "image_updates_done": done,
+              "image_updates": loop_cfg.iterations, "iterations_done": done // per_iteration,
+              "iterations": iterations, "seconds": time.perf_counter() - start, "checkpoint": ckpt}
+    io.save_json(os.path.join(args.out, "progress.json"), status)
+    print(f"{args.method} ipc={args.ipc}: stopped at the time budget after {done} of {loop_cfg.iterations} image "
+          f"updates; checkpoint {ckpt}. Continue with the same command and --resume.")
+    return status
   batch = param.render(result.state.syn)
   distill_seconds = time.perf_counter() - start
   final = common.evaluate_set(args, data, np.asarray(batch.images), np.asarray(batch.labels), k_eval,

@@ -13,7 +13,8 @@ the CPU runs write (``synthetic.npz``, ``metrics.json``, ``grid.png``, ``loss.pn
 The plan (``--methods`` / ``--ipcs`` select part of it): for every method and IPC,
 ``experiments.distill --method M --ipc K --preset paper`` (the published hyperparameters, ``jaxdistill.presets``;
 each method's own evaluation protocol: DC 300 epochs without augmentation, DSA/DM/MTT 1000 epochs with DSA,
-MTT with its learned lr; 5 models), and for MTT first the expert buffer (:data:`BUFFER_PAPER`).
+MTT with its learned lr; the number of models the preset gives: 20 for DC/DSA/DM as their code's
+``num_eval``, 5 for MTT), and for MTT first the expert buffer (:data:`BUFFER_PAPER`).
 
 Sized for an accelerator: on a 2-core CPU the plan takes weeks. Needs no TensorFlow (the data layer reads the
 IDX files when TFDS is absent). ``--extra`` / ``--buffer-extra`` append flags to every distillation / the buffer

@@ -108,8 +108,12 @@ PROTOCOLS: Dict[str, EvalProtocol] = {
                           "TESLA (MTT's evaluation); soft labels from an expert trained with soft cross-entropy"),
     "kip": EvalProtocol(1000, True, False, "mse",
                         "KIP: finite networks trained with MSE on the (centred / learned) support labels"),
-    "rfad": EvalProtocol(1000, True, False, "mse", "RFAD follows KIP's finite-network transfer (MSE on labels)"),
-    "frepo": EvalProtocol(1000, True, False, "mse", "FRePo: learned (centred) labels are regression targets"),
+    "rfad": EvalProtocol(1000, True, False, "cross_entropy",
+                         "RFAD distils with a Platt-scaled cross-entropy; its finite-network loss is not verified "
+                         "against its code here, cross-entropy on projected labels is used"),
+    "frepo": EvalProtocol(1000, True, False, "mse",
+                          "FRePo script/eval.py: loss='mse' on the learned labels (its Adam optimiser is not "
+                          "copied: the shared SGD protocol is used)"),
     "dd": EvalProtocol(1000, True, False, "cross_entropy",
                        "DD's own evaluation is its unrolled steps; the shared ConvNet protocol here, with its lr "
                        "0.01 (DD's α is an inner-loop step size, not a 1000-epoch SGD rate)"),

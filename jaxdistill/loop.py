@@ -247,15 +247,24 @@ def load_checkpoint(path: str, template: LoopState, key):
 
 def make_evaluator(test_images, test_labels, num_classes: int, arch: str = "convnet", num_models: int = 5,
                    epochs: int = 1000, dsa=None, model_kwargs=None, progress: bool = False,
-                   mesh=None) -> Callable:
-  """``evaluator(batch: SyntheticBatch, key) -> EvalResult`` with :func:`jaxdistill.evaluate.evaluate`."""
-  from jaxdistill.evaluate import evaluate
+                   mesh=None, method: Optional[str] = None, learned_lr: Optional[bool] = None,
+                   label_rule: Optional[str] = None) -> Callable:
+  """``evaluator(batch: SyntheticBatch, key) -> EvalResult`` with :func:`jaxdistill.evaluate.evaluate`.
+
+  The set's labels and learned lr are used the way ``method``'s paper evaluates its sets
+  (:func:`jaxdistill.evaluate.protocol`: soft labels projected onto the simplex for cross-entropy, or MSE
+  targets; the learned lr only for MTT/TESLA); ``learned_lr`` / ``label_rule`` override it."""
+  from jaxdistill.evaluate import evaluate, protocol
+
+  proto = protocol(method)
+  use_lr = proto.learned_lr if learned_lr is None else bool(learned_lr)
+  rule = label_rule or proto.labels
 
   def evaluator(batch, key):
+    lr = float(batch.lr) if (use_lr and batch.lr is not None) else None
     return evaluate(np.asarray(batch.images), np.asarray(batch.labels), arch, key, num_models, epochs,
                     test_images=test_images, test_labels=test_labels, num_classes=num_classes, dsa=dsa,
-                    lr=None if batch.lr is None else float(batch.lr), model_kwargs=model_kwargs,
-                    progress=progress, mesh=mesh)
+                    lr=lr, model_kwargs=model_kwargs, progress=progress, mesh=mesh, label_rule=rule)
   return evaluator
 
 

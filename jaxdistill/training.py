@@ -26,10 +26,11 @@ LOSSES = ("cross_entropy", "mse")
 
 
 def mse(logits, targets, weights=None):
-  """Mean squared error ``½ · mean_c (logits − targets)²`` per example, averaged over the batch (the loss KIP's
-  code trains finite networks with, on centred one-hot or learned regression targets ``[N, C]``); ``weights [N]``
-  make it a weighted mean."""
-  losses = 0.5 * jnp.mean(jnp.square(logits - targets), axis=-1)
+  """Squared error ``½ · Σ_c (logits − targets)²`` per example, averaged over the batch: the loss FRePo's
+  evaluation (``script/eval.py``, ``loss='mse'``; ``metrics.mean_squared_loss``) trains finite networks with on
+  learned regression targets ``[N, C]``, and KIP's transfer on centred one-hot labels; ``weights [N]`` make it
+  a weighted mean."""
+  losses = 0.5 * jnp.sum(jnp.square(logits - targets), axis=-1)
   if weights is None:
     return jnp.mean(losses)
   return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)

@@ -13,7 +13,7 @@ from x64compat import enable_x64
 from jaxdistill import loop, objectives, synthetic
 from jaxdistill.objectives import RealBatch, krr
 from jaxdistill.objectives.frepo import FRePoConfig, make_frepo
-from jaxdistill.objectives.kip import KIPConfig, krr_test_accuracy, labels_for_training, make_kip
+from jaxdistill.objectives.kip import KIPConfig, krr_test_accuracy, make_kip
 from jaxdistill.objectives.rfad import RFADConfig, feature_kernel, make_rfad, random_features
 
 
@@ -231,8 +231,9 @@ def test_kip_label_learning_changes_labels_with_adam(fmnist_train):
   out_hard = loop.distill(obj, synthetic.PIXELS, syn_hard, images, labels, 10, jax.random.PRNGKey(1),
                           dataclasses.replace(cfg, iterations=2), progress=False)
   np.testing.assert_array_equal(np.asarray(synthetic.PIXELS.render(out_hard.state.syn).labels), np.arange(10))
-  # Learned labels become distributions for finite-network training.
-  p = labels_for_training(new - 0.5)
+  # Learned labels become distributions under the cross-entropy rule of evaluation.
+  from jaxdistill.evaluate import prepare_labels
+  p = prepare_labels(new - 0.5, 10, "cross_entropy")
   np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-5)
   assert p.min() >= 0
 

@@ -123,9 +123,9 @@ def test_negative_learned_labels_train_bounded(fmnist_subset, fmnist_test):
 def test_mse_loss_closed_form():
   logits = jnp.array([[1.0, 2.0], [0.0, -1.0]])
   target = jnp.array([[0.5, -0.5], [0.5, -0.5]])
-  want = 0.5 * np.mean([np.mean([0.25, 6.25]), np.mean([0.25, 0.25])])
+  want = 0.5 * np.mean([0.25 + 6.25, 0.25 + 0.25])
   assert float(training.mse(logits, target)) == pytest.approx(want)
-  assert float(training.mse(logits, target, jnp.array([1.0, 0.0]))) == pytest.approx(0.5 * 3.25)
+  assert float(training.mse(logits, target, jnp.array([1.0, 0.0]))) == pytest.approx(0.5 * 6.5)
 
 
 # --- each method's protocol, through the CLI plumbing ----------------------------------------------------------

@@ -14,7 +14,7 @@ real and synthetic images inside the kernel's input map (the whitening matrix li
 the stored images stay in the library's normalised space and the finite-network evaluation is unchanged.
 
 Evaluation: :func:`krr_test_accuracy` (KRR with the same kernel on the test set, batched with ``nt.batch``) and
-finite networks through :func:`jaxdistill.evaluate.evaluate` (soft labels via :func:`labels_for_training`).
+finite networks through :func:`jaxdistill.evaluate.evaluate` (KIP's rule: MSE on the labels, ``protocol("kip")``).
 """
 from __future__ import annotations
 
@@ -84,19 +84,6 @@ def support_labels(labels, num_classes: int):
   if labels.ndim == 2:
     return labels.astype(jnp.float32)
   return krr.target_labels(labels, num_classes)
-
-
-def labels_for_training(labels) -> np.ndarray:
-  """Learned KRR labels as training targets for finite networks (cross-entropy needs distributions):
-  negatives clipped, rows renormalised; a row with no positive entry becomes one-hot at its argmax. Hard
-  labels ``[n]`` are returned unchanged."""
-  labels = np.asarray(labels)
-  if labels.ndim == 1:
-    return labels
-  p = np.clip(labels.astype(np.float64), 0.0, None)
-  s = p.sum(-1, keepdims=True)
-  onehot = np.eye(labels.shape[1])[labels.argmax(-1)]
-  return np.where(s > 0, p / np.where(s > 0, s, 1.0), onehot).astype(np.float32)
 
 
 def whiten_fn(zca_data):
