@@ -170,19 +170,40 @@ def _check_set(images, labels, num_classes):
     raise ValueError("images contain NaN or inf.")
 
 
+STRATEGIES = ("auto", "vmap", "sequential")
+
+
+def default_strategy() -> str:
+  """The evaluation strategy :func:`train_models` uses for ``strategy="auto"``: ``$JAXDISTILL_EVAL_STRATEGY`` if
+  set, else ``"vmap"`` (all networks in one program; the fast choice on accelerators)."""
+  import os
+  choice = os.environ.get("JAXDISTILL_EVAL_STRATEGY", "vmap")
+  if choice not in STRATEGIES[1:]:
+    raise ValueError(f"JAXDISTILL_EVAL_STRATEGY must be one of {list(STRATEGIES[1:])}, got {choice!r}.")
+  return choice
+
+
 def train_models(images, labels, model, key, num_models: int, config: EvalConfig,
-                 dsa: Optional[DSAParams], lr=None, progress: bool = True, desc: str = "train", mesh=None):
+                 dsa: Optional[DSAParams], lr=None, progress: bool = True, desc: str = "train", mesh=None,
+                 strategy: str = "auto"):
   """Trains ``num_models`` fresh copies of ``model`` on ``images [N, H, W, C]`` / ``labels``.
 
   Args:
     lr: scalar or ``[num_models]`` learning rate(s) overriding ``config.lr`` (e.g. a learned α).
     mesh: optional :class:`jax.sharding.Mesh`: the networks are split across its devices
       (:func:`jaxdistill.sharding.model_mesh`), the training set replicated; same result as one device.
+    strategy: ``"vmap"`` trains all networks in one program; ``"sequential"`` trains them one after the other
+      with the same program at one network (same keys, so the same networks up to float rounding);
+      ``"auto"``: :func:`default_strategy` (vmap with a ``mesh``).
 
   Returns:
     Stacked variables of the trained models (leading axis ``num_models``).
   """
   config.validate()
+  if strategy not in STRATEGIES:
+    raise ValueError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}.")
+  if strategy == "auto":
+    strategy = "vmap" if mesh is not None else default_strategy()
   images = jnp.asarray(images, jnp.float32)
   labels = jnp.asarray(labels)
   n = images.shape[0]
@@ -202,7 +223,10 @@ def train_models(images, labels, model, key, num_models: int, config: EvalConfig
   run_step = _step_program(model, config, dsa, n)
   reset = _reset_program(model, tuple(image_shape), config)
   steps = -(-n // min(config.batch_size, n))
-  with progress_bar(total=epochs_run, desc=desc, disable=not progress, unit="epoch") as bar:
+  groups = [slice(0, num_models)] if strategy == "vmap" else [slice(m, m + 1) for m in range(num_models)]
+
+  def train_group(states, data_keys, base_lr, bar):
+    """The reference schedule for the stacked networks ``states`` (any number of them)."""
     for epoch0 in range(0, epochs_run, chunk):
       losses = []
       for epoch in range(epoch0, min(epoch0 + chunk, epochs_run)):
@@ -213,12 +237,19 @@ def train_models(images, labels, model, key, num_models: int, config: EvalConfig
                                   labels)
           losses.append(loss)
       done = len(losses) // steps
-      losses = np.asarray(jnp.stack(losses, 1)).reshape(num_models, done, steps).mean(-1)
+      losses = sharding.to_host(jnp.stack(losses, 1)).reshape(-1, done, steps).mean(-1)
       if not np.all(np.isfinite(losses)):
         raise FloatingPointError(f"training loss became non-finite at epochs {epoch0}..{epoch0 + done}.")
       bar.update(done)
       bar.set_postfix(loss=f"{losses[:, -1].mean():.3f}")
-  return states.variables
+    return states
+
+  take = lambda tree, g: jax.tree_util.tree_map(lambda a: a[g], tree)
+  with progress_bar(total=epochs_run * len(groups), desc=desc, disable=not progress, unit="epoch") as bar:
+    trained = [train_group(take(states, g), data_keys[g], base_lr[g], bar) for g in groups]
+  if len(trained) == 1:
+    return trained[0].variables
+  return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *[t.variables for t in trained])
 
 
 @functools.lru_cache(maxsize=32)
@@ -272,7 +303,7 @@ def _step_program(model, config: EvalConfig, dsa: Optional[DSAParams], n: int):
 def test_accuracies(model, variables, test_images, test_labels, batch_size: int = 1000) -> np.ndarray:
   """Accuracy of each of the stacked models on the test set; ``[num_models]`` fractions."""
   acc = _accuracy_program(model, int(batch_size))
-  return np.asarray(acc(variables, jnp.asarray(test_images), jnp.asarray(test_labels)))
+  return sharding.to_host(acc(variables, jnp.asarray(test_images), jnp.asarray(test_labels)))
 
 
 @functools.lru_cache(maxsize=32)
@@ -284,7 +315,8 @@ def _accuracy_program(model, batch_size: int):
 def evaluate(images, labels, arch: str = "convnet", key=None, num_models: int = 5, epochs: int = 1000, *,
              test_images, test_labels, num_classes: Optional[int] = None, dsa: Optional[DSAParams] = None,
              lr=None, config: Optional[EvalConfig] = None, model_kwargs: Optional[dict] = None,
-             progress: bool = True, mesh=None, label_rule: str = "cross_entropy") -> EvalResult:
+             progress: bool = True, mesh=None, label_rule: str = "cross_entropy",
+             strategy: str = "auto") -> EvalResult:
   """Trains ``num_models`` fresh ``arch`` networks on ``(images, labels)`` and tests them.
 
   Args:
@@ -302,6 +334,7 @@ def evaluate(images, labels, arch: str = "convnet", key=None, num_models: int = 
     mesh: optional :class:`jax.sharding.Mesh` splitting the ``num_models`` networks across devices.
     label_rule: how labels become training targets (:func:`prepare_labels`; a method's rule is
       ``protocol(method).labels``): ``"cross_entropy"`` (soft labels projected onto the simplex) or ``"mse"``.
+    strategy: how the networks are trained (:func:`train_models`): ``"vmap"``, ``"sequential"`` or ``"auto"``.
 
   Returns:
     An :class:`EvalResult` with per-model accuracies and their mean ± std.
@@ -320,7 +353,7 @@ def evaluate(images, labels, arch: str = "convnet", key=None, num_models: int = 
   model = models.get_model(arch, num_classes, images.shape[1:], **(model_kwargs or {}))
   start = time.perf_counter()
   variables = train_models(images, labels, model, key, int(num_models), config, dsa, lr=lr,
-                           progress=progress, desc=f"eval {arch}", mesh=mesh)
+                           progress=progress, desc=f"eval {arch}", mesh=mesh, strategy=strategy)
   accs = test_accuracies(model, variables, test_images, test_labels, config.test_batch_size)
   seconds = time.perf_counter() - start
   return EvalResult(accs, float(accs.mean()), float(accs.std()), seconds, arch, int(epochs), label_rule)

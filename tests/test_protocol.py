@@ -302,3 +302,21 @@ def test_resnet_ap_block_pools_after_relu():
   h = conv(h, p[names[1]]["kernel"])
   sc = pool(conv(x, p[names[2]]["kernel"]))
   np.testing.assert_allclose(y, jax.nn.relu(h + sc), atol=1e-5)
+
+
+def test_sequential_and_vmapped_evaluation_train_the_same_networks(fmnist_subset):
+  """Three networks trained in one vmapped program or one after the other (same keys, DSA on, a padded last
+  batch) end with the same parameters up to float rounding."""
+  from jaxdistill.augment import default_params
+  x, y = fmnist_subset[0][:30], fmnist_subset[1][:30]
+  model = models.get_model("convnet", 10, x.shape[1:], width=8)
+  config = ev.EvalConfig(epochs=3, batch_size=16)
+  kw = dict(progress=False, lr=jnp.array([0.01, 0.02, 0.005]))
+  a = ev.train_models(x, y, model, jax.random.PRNGKey(5), 3, config, default_params(), strategy="vmap", **kw)
+  b = ev.train_models(x, y, model, jax.random.PRNGKey(5), 3, config, default_params(), strategy="sequential",
+                      **kw)
+  for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    assert u.shape == v.shape
+    np.testing.assert_allclose(np.asarray(u), np.asarray(v), atol=1e-4, rtol=1e-4)
+  with pytest.raises(ValueError, match="strategy"):
+    ev.train_models(x, y, model, jax.random.PRNGKey(5), 1, config, None, strategy="threads", progress=False)
