@@ -33,10 +33,11 @@ def _protocol(quick: bool):
               whole_size=None, speed_models=4, speed_epochs=50)
 
 
-def _timed_training(images, labels, model, key, num_models, epochs, dsa):
+def _timed_training(images, labels, model, key, num_models, epochs, dsa, strategy="auto"):
   cfg = EvalConfig(epochs=epochs)
   start = time.perf_counter()
-  jax.block_until_ready(train_models(images, labels, model, key, num_models, cfg, dsa, progress=False))
+  jax.block_until_ready(train_models(images, labels, model, key, num_models, cfg, dsa, progress=False,
+                                     strategy=strategy))
   return time.perf_counter() - start
 
 
@@ -48,9 +49,8 @@ def vmap_speedup(data, width, num_models, epochs, dsa):
   model = models.get_model("convnet", data.num_classes, x.shape[1:], width=width)
   key = jax.random.PRNGKey(3)
   for timed in (False, True):
-    vm = _timed_training(x, y, model, key, num_models, epochs, dsa)
-    seq = sum(_timed_training(x, y, model, jax.random.fold_in(key, i), 1, epochs, dsa)
-              for i in range(num_models))
+    vm = _timed_training(x, y, model, key, num_models, epochs, dsa, strategy="vmap")
+    seq = _timed_training(x, y, model, key, num_models, epochs, dsa, strategy="sequential")
   return vm, seq
 
 
