@@ -12,7 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN_DIR ?= runs/main-$(shell date +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
 
-.PHONY: install data run full test test-latest bench lock clean
+.PHONY: install data run full lint test test-latest bench lock clean
 
 install: $(VENV)/.installed
 
@@ -45,7 +45,11 @@ FULL_DIR ?= runs/full
 full: install data
 	$(PY) -m experiments.main --full --out $(FULL_DIR)
 
-test: install data
+# ruff (pinned in requirements/lock.txt; rules in pyproject.toml): syntax errors and pyflakes' findings.
+lint: install
+	$(PY) -m ruff check jaxdistill experiments benchmarks tests
+
+test: install data lint
 	set -o pipefail; $(PY) -m pytest -q -rs $(PYTEST_ARGS) tests
 
 $(VENV_LATEST)/.installed: requirements/latest.txt setup.cfg

@@ -1,5 +1,4 @@
 """Coreset baselines: herding / k-center against brute-force definitions, forgetting counts, ``select``."""
-import itertools
 
 import jax
 import numpy as np

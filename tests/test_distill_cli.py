@@ -1,6 +1,5 @@
 """The ``experiments.distill`` CLI on tiny runs: outputs, metrics keys, refusal to overwrite, resume."""
 import json
-import os
 
 import numpy as np
 import pytest

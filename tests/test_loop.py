@@ -1,6 +1,5 @@
 """The generic distillation loop: bit-for-bit resume, config validation, checkpoints, and a small real
 problem where each method must beat its initialisation and a random real subset."""
-import dataclasses
 import os
 
 import jax

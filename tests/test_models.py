@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxdistill import models
-from jaxdistill.models.layers import ACTIVATIONS, NORMS, POOLINGS
+from jaxdistill.models.layers import ACTIVATIONS, NORMS
 
 SHAPES = [(28, 28, 1), (32, 32, 3)]
 _SMALL = {"convnet": dict(width=8), "convnet_bn": dict(width=8), "mlp": dict(width=8)}

@@ -7,7 +7,6 @@ import argparse
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from jaxdistill import evaluate as ev
