@@ -22,7 +22,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from jaxdistill.data import idx, offline
+from jaxdistill.data import idx, offline, user
 from jaxdistill.data.normalise import normalise
 from jaxdistill.data.specs import DatasetSpec, get_spec
 
@@ -144,11 +144,16 @@ def load_uint8(name: str, split: str, data_dir: Optional[str] = None, download: 
     idx_dir: folder of the IDX files of Fashion-MNIST/MNIST (:func:`jaxdistill.data.idx.find_idx_dir`); the
       ``tfds`` backend prepares from it too.
 
+  User datasets (``npz:PATH``, ``folder:PATH``, ``idx:PATH``, ``tfds:NAME``) are read by
+  :func:`jaxdistill.data.user.load_uint8` (``backend``/``idx_dir`` do not apply).
+
   Raises:
     ValueError: unknown name, split or backend, or the data is absent and cannot be prepared (the message
       says how).
     offline.MissingExtraError: (also a ValueError) TFDS is needed but not installed.
   """
+  if user.is_user_dataset(name):
+    return user.load_uint8(name, split, data_dir=data_dir, download=download)
   spec = get_spec(name)
   _check_split(split, spec)
   if resolve_backend(name, backend) == "idx":
@@ -171,7 +176,10 @@ def load(name: str, split: str, data_dir: Optional[str] = None, download: bool =
 
   Example:
     >>> x, y, spec = load("fashion_mnist", "test")   # x: (10000, 28, 28, 1) float32
+    >>> x, y, spec = load("npz:my_data.npz", "train")  # your arrays; see jaxdistill.data.user
   """
+  if user.is_user_dataset(name):
+    return user.load(name, split, data_dir=data_dir, download=download)
   images, labels, spec = load_uint8(name, split, data_dir=data_dir, download=download, backend=backend,
                                     idx_dir=idx_dir)
   return normalise(images.astype(np.float32) / 255.0, name).astype(np.float32), labels, spec

@@ -19,6 +19,7 @@ class DatasetSpec(NamedTuple):
     num_train: training-split size.
     num_test: test-split size.
     digits: True for digit datasets, where DSA must not flip images.
+    class_names: names of the classes where known (user datasets: folder names, TFDS label names), else ``()``.
   """
   name: str
   image_shape: Tuple[int, int, int]
@@ -28,6 +29,7 @@ class DatasetSpec(NamedTuple):
   num_train: int
   num_test: int
   digits: bool
+  class_names: Tuple[str, ...] = ()
 
 
 DATASETS = {
@@ -46,8 +48,14 @@ SPLITS = ("train", "test")
 
 
 def get_spec(name: str) -> DatasetSpec:
-  """Returns the :class:`DatasetSpec` of ``name``; raises ``ValueError`` for unknown names."""
-  if name not in DATASETS:
-    raise ValueError(
-        f"Unknown dataset {name!r}; accepted values: {sorted(DATASETS)}.")
-  return DATASETS[name]
+  """Returns the :class:`DatasetSpec` of ``name``: a built-in dataset, a name registered by
+  :func:`jaxdistill.data.from_arrays`, or a user dataset ``npz:PATH`` / ``folder:PATH`` / ``idx:PATH`` /
+  ``tfds:NAME`` (:mod:`jaxdistill.data.user`; read, and for TFDS its statistics cached, on first use).
+
+  Raises:
+    ValueError: an unknown name (the message lists the accepted forms) or unreadable user data.
+  """
+  if name in DATASETS:
+    return DATASETS[name]
+  from jaxdistill.data import user  # lazy: user imports this module
+  return user.spec_of(name)
