@@ -3,13 +3,27 @@
 ``make_objective(name, config, num_classes=, image_shape=, ipc=)`` builds an :class:`Objective`;
 ``default_config(name)`` gives the paper configuration and ``METHOD_DEFAULTS[name]`` the image-optimiser
 settings (lr_img, iterations, real images per class, initialisation) of the paper.
+
+Pure losses over arrays and functions (the registered objectives call them; use them with your own network):
+
+* ``distribution_matching.loss(embed_fn, real [C, n, ...], syn [C, m, ...], distance="l2")``
+* ``gradient_matching.loss(loss_fn, params, real, syn, metric="ours")`` (class-major arrays with implicit
+  labels, or ``(images, labels)`` pairs)
+* ``kip.loss(kernel_fn, x_s, y_s, x_t, y_t, reg)``, ``frepo.loss(feature_fn, x_s, y_s, x_t, y_t, reg)``
+* ``trajectory.loss(student_step, start, target, syn, lr, n_steps)``
+
+Class-major means row ``c`` of ``[C, n, ...]`` holds class ``c``; :func:`group_by_class` turns a flat batch with
+labels into that layout.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Callable, Dict, NamedTuple
 
-from jaxdistill.objectives.base import Objective, RealBatch, per_class, siamese_augment
+from jaxdistill.objectives import (distribution_matching, frepo, gradient_matching, kip, trajectory,
+                                   trajectory_matching)
+from jaxdistill.objectives.base import (Objective, RealBatch, check_class_order, class_major_real,
+                                        group_by_class, per_class, siamese_augment)
 from jaxdistill.objectives.distribution_matching import (DISTANCES, DistributionMatchingConfig,
                                                          make_distribution_matching, mean_embedding_distance)
 from jaxdistill.objectives.gradient_matching import (METRICS, GMState, GradientMatchingConfig, default_loops,
@@ -116,4 +130,6 @@ __all__ = ["DISTANCES", "DistributionMatchingConfig", "GMState", "GradientMatchi
            "make_objective", "match_distance", "mean_embedding_distance", "method_defaults", "per_class",
            "register", "siamese_augment", "TrajectoryMatchingConfig", "make_trajectory_matching",
            "trajectory_distance", "FRePoConfig", "KIPConfig", "PoolState", "RFADConfig", "make_frepo", "make_kip",
-           "make_rfad", "BPTTConfig", "make_bptt", "unrolled_accuracy"]
+           "make_rfad", "BPTTConfig", "make_bptt", "unrolled_accuracy", "check_class_order", "class_major_real",
+           "distribution_matching", "frepo", "gradient_matching", "group_by_class", "kip", "trajectory",
+           "trajectory_matching"]

@@ -12,6 +12,9 @@ A pool of ``P`` finite ConvNets at different stages of training lives in the obj
    network on the (updated, stopped) synthetic set; its age grows by one and at ``max_online_updates`` it is
    re-initialised (fresh weights and optimiser state); then the next member is drawn at random.
 
+The pure loss :func:`loss` (``loss(feature_fn, x_s, y_s, x_t, y_t, reg)``) takes any feature function; the
+registered objective calls it with the pool member's features.
+
 Ages start staggered (``i · max_online_updates / P``), so after the first ``max_online_updates`` iterations the
 pool holds networks at evenly spread training stages, as in FRePo's model pool. Labels are learnable
 (``init_pixels(..., learn_labels=True)``, on by default): the KRR uses them as regression targets.
@@ -84,6 +87,54 @@ class PoolState(NamedTuple):
   member: jnp.ndarray
 
 
+def loss_and_predictions(feature_fn, x_s, y_s, x_t, y_t, reg: float = 1e-6, *, loss: str = "mse",
+                         dtype: str = "float32"):
+  """The FRePo loss and the KRR predictions it scores: ``(L, ŷ_t [m, K])`` (FRePo Eq. 3).
+
+  One forward pass ``F = feature_fn(concat([x_s, x_t]))`` (so a network with batch statistics sees both sets
+  together, as in FRePo); ``F_s`` its first ``n`` rows, ``F_t`` the rest (stopped);
+  ``ŷ_t = F_t F_sᵀ (F_s F_sᵀ + λ·tr/n·I)⁻¹ y_s``. Arguments as :func:`loss`.
+  """
+  if loss not in krr.LOSSES:
+    raise ValueError(f"loss must be one of {list(krr.LOSSES)}, got {loss!r}.")
+  krr.check_sets(x_s, y_s, x_t, y_t, loss)
+  n_s = x_s.shape[0]
+  f = feature_fn(jnp.concatenate([x_s, x_t]))
+  if f.ndim < 1 or f.shape[0] != n_s + x_t.shape[0]:
+    raise ValueError(f"feature_fn must map inputs [k, ...] to features [k, ...]; for k = {n_s + x_t.shape[0]} it "
+                     f"returned shape {tuple(f.shape)}.")
+  if f.ndim != 2:
+    f = f.reshape(f.shape[0], -1)
+  f_s, f_t = f[:n_s], jax.lax.stop_gradient(f[n_s:])
+  pred = krr.krr_predict(f_t @ f_s.T, f_s @ f_s.T, y_s, reg, dtype)
+  value, _ = krr.krr_loss(pred, y_t, loss)
+  return value, pred
+
+
+def loss(feature_fn, x_s, y_s, x_t, y_t, reg: float = 1e-6, *, loss: str = "mse", dtype: str = "float32"):
+  """The FRePo loss: KRR on the features of a (finite) network, fitted on the support set and scored on the
+  targets (FRePo Eq. 3), a scalar; pure (``jit``/``grad``/``vmap``).
+
+  Args:
+    feature_fn: ``inputs [k, ...] -> features [k, D]`` (e.g. a Flax network's penultimate layer closed over
+      its parameters; trailing axes are flattened). The target features are stopped.
+    x_s: support inputs ``[n, ...]`` (the synthetic images).
+    y_s: support regression targets float ``[n, K]`` (learned labels, or one-hot).
+    x_t: target inputs ``[m, ...]`` (a flat real batch).
+    y_t: targets ``[m, K]`` (``loss="mse"``), or int labels ``[m]`` / ``[m, K]`` (``"platt"``).
+    reg: λ relative to ``tr(F_s F_sᵀ)/n`` (> 0).
+    loss: ``"mse"`` (FRePo) or ``"platt"``.
+    dtype: precision of the KRR solve, ``"float32"`` or ``"float64"`` (needs ``jax_enable_x64``).
+
+  Returns:
+    The scalar loss.
+
+  Raises:
+    ValueError: bad ``loss``/``reg`` or shapes that do not match the above.
+  """
+  return loss_and_predictions(feature_fn, x_s, y_s, x_t, y_t, reg, loss=loss, dtype=dtype)[0]
+
+
 def make_frepo(config: FRePoConfig, *, num_classes: int, image_shape, ipc: int, name: str = "frepo") -> Objective:
   """Builds the FRePo objective (state: :class:`PoolState`)."""
   config.validate()
@@ -113,16 +164,13 @@ def make_frepo(config: FRePoConfig, *, num_classes: int, image_shape, ipc: int, 
   def features(params, x):
     return model.apply({"params": params}, x, train=True, embed=True)
 
-  def loss(state: PoolState, syn, real, key):
+  def objective_loss(state: PoolState, syn, real, key):
     """FRePo loss with the current member; real ``[C, n, ...]`` flattened. aux: KRR target accuracy."""
     params = jax.lax.stop_gradient(take(state.params, state.member))
     xt, lt, yt = krr.flatten_real(real, num_classes)
-    n_s = syn.images.shape[0]
-    f = features(params, jnp.concatenate([syn.images, xt]))
-    f_s, f_t = f[:n_s], jax.lax.stop_gradient(f[n_s:])
     ys = support_labels(syn.labels, num_classes)
-    pred = krr.krr_predict(f_t @ f_s.T, f_s @ f_s.T, ys, config.reg)
-    value, _ = krr.krr_loss(pred, yt if config.loss == "mse" else lt, config.loss)
+    value, pred = loss_and_predictions(lambda x: features(params, x), syn.images, ys, xt,
+                                       yt if config.loss == "mse" else lt, config.reg, loss=config.loss)
     return value, {"accuracy": krr.krr_accuracy(pred, lt)}
 
   def online_loss(params, images, targets):
@@ -149,4 +197,4 @@ def make_frepo(config: FRePoConfig, *, num_classes: int, image_shape, ipc: int, 
     member = jax.random.randint(k_next, (), 0, pool, jnp.int32)
     return PoolState(put(state.params, params), put(state.opt_state, opt), ages, member)
 
-  return Objective(name, init, loss, update, config)
+  return Objective(name, init, objective_loss, update, config)

@@ -12,19 +12,26 @@ Outer / inner structure (DC Alg. 1) inside the one generic loop: the objective s
 network and a counter of image updates; :func:`update` trains the network ``inner_loop`` epochs on the
 synthetic set after each image update and replaces it by a fresh random network every ``outer_loop`` updates
 (so an "outer iteration" = ``outer_loop`` image updates on one network, with no training after the last).
+
+The pure loss :func:`loss` (:func:`class_distances` per class) takes any ``loss_fn(params, images, labels)``
+and its parameters, so a user's own Flax network can be matched; the registered objective calls it with the
+library's ConvNet and cross-entropy.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdistill import models, training
 from jaxdistill.augment import DEFAULT_STRATEGY, DSAParams, OPS
 from jaxdistill.models.layers import check_choice
-from jaxdistill.objectives.base import Objective, RealBatch, map_classes, per_class, safe_norm, siamese_augment
+from jaxdistill.objectives.base import (Objective, RealBatch, check_class_major, check_class_order,
+                                        class_major_real, implicit_labels, map_classes, per_class, safe_norm,
+                                        siamese_augment)
 
 METRICS = ("ours", "mse", "cos")
 EPS = 1e-6
@@ -129,6 +136,75 @@ def match_distance(g_real, g_syn, metric: str = "ours"):
   return 1.0 - jnp.sum(a * b) / (safe_norm(a) * safe_norm(b) + EPS)
 
 
+def _images_and_labels(x, name: str):
+  """``(images [C, n, ...], labels [C, n] or [C, n, K], explicit)`` from a class-major array (implicit int32
+  labels: row ``c`` is class ``c``) or an ``(images, labels)`` pair."""
+  if isinstance(x, (tuple, list)):
+    if len(x) != 2:
+      raise ValueError(f"{name} must be images [C, n, ...] or a pair (images [C, n, ...], labels [C, n] | "
+                       f"[C, n, K]); got a sequence of {len(x)} items.")
+    images, labels = x
+    if labels.ndim not in (2, 3) or tuple(labels.shape[:2]) != tuple(images.shape[:2]):
+      raise ValueError(f"{name} labels must be [C, n] (hard) or [C, n, K] (soft) for images "
+                       f"{tuple(images.shape)}, got shape {tuple(labels.shape)}.")
+    if labels.ndim == 2:
+      check_class_order(labels, f"{name} labels")
+    return images, labels
+  if np.ndim(x) < 3:
+    raise ValueError(f"{name} must be class-major images [C, n, *image_shape], got shape {tuple(np.shape(x))}.")
+  return x, implicit_labels(x.shape[0], x.shape[1])
+
+
+def class_distances(loss_fn, params, real, syn, *, metric: str = "ours", class_batch: int = 0):
+  """Per-class gradient-matching distances ``D(∇θ ℓ(S_c), sg(∇θ ℓ(T_c)))`` (DC Eq. 10), ``[C]``.
+
+  Args:
+    loss_fn: ``loss_fn(params, images [k, ...], labels [k] | [k, K]) -> scalar`` (e.g. the cross-entropy of a
+      Flax ``apply``); gradients are taken w.r.t. ``params``.
+    params: a pytree of network parameters (weight tensors with the output channels on the last axis, as in
+      Flax, for ``metric="ours"``).
+    real: the real batch, class-major: images ``[C, n, *image_shape]`` (labels implicit: row ``c`` has int32
+      label ``c``) or a pair ``(images [C, n, ...], labels [C, n] | [C, n, K])``. Its gradients are stopped.
+    syn: the synthetic set in the same layout, ``[C, m, ...]`` or ``(images, labels)``. Hard labels in a pair
+      must be in class order (row ``c`` all ``c``; checked, see :func:`check_class_order`).
+    metric: ``"ours"`` (DC Eq. 9), ``"mse"`` or ``"cos"`` (:func:`match_distance`).
+    class_batch: 0 = all classes in one ``vmap``; k > 0 = k classes at a time (``lax.map``).
+
+  Returns:
+    ``[C]`` distances; differentiable w.r.t. the synthetic images (second order through ``loss_fn``).
+
+  Raises:
+    ValueError: an unknown metric, or arrays / labels outside the layout above (a flat real batch is refused:
+      group it with :func:`jaxdistill.objectives.group_by_class`).
+  """
+  check_choice("metric", metric, METRICS)
+  real_x, real_y = _images_and_labels(real, "real")
+  syn_x, syn_y = _images_and_labels(syn, "syn")
+  check_class_major(real_x, syn_x)
+  return _class_distances(loss_fn, params, real_x, real_y, syn_x, syn_y, metric, class_batch)
+
+
+def _class_distances(loss_fn, params, real_x, real_y, syn_x, syn_y, metric: str, class_batch: int):
+  """:func:`class_distances` on checked arrays: images ``[C, n, ...]``, labels ``[C, n]`` / ``[C, n, K]``."""
+  grad_fn = jax.grad(loss_fn)
+
+  def one(rx, ry, sx, sy):
+    g_real = jax.tree_util.tree_map(jax.lax.stop_gradient, grad_fn(params, rx, ry))
+    return match_distance(g_real, grad_fn(params, sx, sy), metric)
+
+  return map_classes(one, (real_x, real_y, syn_x, syn_y), class_batch)
+
+
+def loss(loss_fn, params, real, syn, *, metric: str = "ours", class_batch: int = 0):
+  """The gradient-matching loss ``Σ_c D(∇θ ℓ(S_c; θ), sg(∇θ ℓ(T_c; θ)))`` (DC Eq. 10), a scalar.
+
+  Pure: ``jit``, ``grad`` w.r.t. the synthetic images, and ``vmap`` apply. Arguments as
+  :func:`class_distances` (``real``/``syn``: class-major arrays with implicit labels, or ``(images, labels)``
+  pairs). Augmentation (DSA) is the caller's: apply :func:`jaxdistill.objectives.siamese_augment` first.
+  """
+  return jnp.sum(class_distances(loss_fn, params, real, syn, metric=metric, class_batch=class_batch))
+
+
 class GMState(NamedTuple):
   """The current matching network (``TrainState``) and the number of image updates done on it so far."""
   net: training.TrainState
@@ -157,13 +233,6 @@ def make_gradient_matching(config: GradientMatchingConfig, *, num_classes: int, 
 
   has_bn = "batch_stats" in models.init_variables(model, jax.random.PRNGKey(0), image_shape)
 
-  def grads(variables, x, y):
-    def ce(p):
-      # With batch norm the statistics are frozen (eval mode), as the reference does while matching.
-      logits, _ = models.apply(model, {**variables, "params": p}, x, train=not has_bn)
-      return training.cross_entropy(logits, y)
-    return jax.grad(ce)(variables["params"])
-
   def frozen_bn_variables(variables, real_x):
     """The reference's BN handling (DC ``main.py``): one train-mode forward pass of a real batch of
     :data:`BN_PER_CLASS` images per class updates the running statistics, which are then frozen (eval mode)
@@ -174,8 +243,10 @@ def make_gradient_matching(config: GradientMatchingConfig, *, num_classes: int, 
     return {**variables, "batch_stats": jax.lax.stop_gradient(new_vars["batch_stats"])}
 
   def loss(state: GMState, syn, real: RealBatch, key):
-    """Σ_c D(∇θ L(S_c), sg(∇θ L(T_c))) — real ``[C, n, ...]``, syn class-major ``[C·ipc, ...]``."""
+    """Σ_c D(∇θ L(S_c), sg(∇θ L(T_c))) (:func:`class_distances`) — real ``[C, n, ...]`` (or flat with labels
+    ``[N]`` outside jit), syn class-major ``[C·ipc, ...]`` in class order."""
     syn_x, syn_y = per_class(syn.images, syn.labels, num_classes)
+    real = class_major_real(real, num_classes)
     real_x, real_y = real.images, real.labels
     variables = state.net.variables
     if has_bn:
@@ -183,11 +254,14 @@ def make_gradient_matching(config: GradientMatchingConfig, *, num_classes: int, 
     if dsa is not None:
       real_x, syn_x = siamese_augment(key, real_x, syn_x, dsa, config.shared_op)
 
-    def one(rx, ry, sx, sy):
-      g_real = jax.tree_util.tree_map(jax.lax.stop_gradient, grads(variables, rx, ry))
-      return match_distance(g_real, grads(variables, sx, sy), config.metric)
+    def ce(p, x, y):
+      # With batch norm the statistics are frozen (eval mode), as the reference does while matching.
+      logits, _ = models.apply(model, {**variables, "params": p}, x, train=not has_bn)
+      return training.cross_entropy(logits, y)
 
-    dist = map_classes(one, (real_x, real_y, syn_x, syn_y), config.class_batch)
+    # The pure loss's core (the layouts and label order were checked by per_class / class_major_real).
+    dist = _class_distances(ce, variables["params"], real_x, real_y, syn_x, syn_y, config.metric,
+                            config.class_batch)
     return jnp.sum(dist), {"per_class": dist}
 
   def epoch_order(key, e, n: int):

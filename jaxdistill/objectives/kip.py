@@ -13,6 +13,9 @@ ZCA (KIP whitens RGB data): when the factory gets a fitted :class:`~jaxdistill.d
 real and synthetic images inside the kernel's input map (the whitening matrix lives in ``Objective.data``), so
 the stored images stay in the library's normalised space and the finite-network evaluation is unchanged.
 
+The pure loss :func:`loss` (``loss(kernel_fn, x_s, y_s, x_t, y_t, reg)``) takes any kernel function and flat
+arrays; the registered objective calls it (through :func:`loss_and_predictions`) with the neural-tangents kernel.
+
 Evaluation: :func:`krr_test_accuracy` (KRR with the same kernel on the test set, batched with ``nt.batch``) and
 finite networks through :func:`jaxdistill.evaluate.evaluate` (KIP's rule: MSE on the labels, ``protocol("kip")``).
 """
@@ -86,6 +89,46 @@ def support_labels(labels, num_classes: int):
   return krr.target_labels(labels, num_classes)
 
 
+def loss_and_predictions(kernel_fn, x_s, y_s, x_t, y_t, reg: float = 1e-6, *, loss: str = "mse",
+                         dtype: str = "float32"):
+  """The KIP loss and the KRR predictions it scores: ``(L, ŷ_t [m, K])`` (KIP Eq. 2).
+
+  ``ŷ_t = K_ts (K_ss + λ·tr(K_ss)/n·I)⁻¹ y_s`` with ``K_ts = kernel_fn(x_t, x_s)``,
+  ``K_ss = kernel_fn(x_s, x_s)``; ``L = ½ · mean_t ‖ŷ_t − y_t‖²`` (``loss="mse"``) or the Platt-scaled
+  cross-entropy (``"platt"``, :func:`jaxdistill.objectives.krr.krr_loss`). Arguments as :func:`loss`.
+  """
+  if loss not in krr.LOSSES:
+    raise ValueError(f"loss must be one of {list(krr.LOSSES)}, got {loss!r}.")
+  krr.check_sets(x_s, y_s, x_t, y_t, loss)
+  pred = krr.krr_predict(kernel_fn(x_t, x_s), kernel_fn(x_s, x_s), y_s, reg, dtype)
+  value, _ = krr.krr_loss(pred, y_t, loss)
+  return value, pred
+
+
+def loss(kernel_fn, x_s, y_s, x_t, y_t, reg: float = 1e-6, *, loss: str = "mse", dtype: str = "float32"):
+  """The KIP loss of a support set on a target set (KIP Eq. 2), a scalar; pure (``jit``/``grad``/``vmap``).
+
+  Args:
+    kernel_fn: ``kernel_fn(a [p, ...], b [q, ...]) -> K [p, q]`` (an NTK / NNGP from
+      :func:`jaxdistill.kernels.make_kernel_fn`, ``lambda a, b: nt_kernel_fn(a, b, "ntk")``, or any
+      positive semi-definite kernel).
+    x_s: support inputs ``[n, ...]`` (the synthetic images; what is differentiated).
+    y_s: support regression targets float ``[n, K]`` (one-hot, centred, or learned labels).
+    x_t: target inputs ``[m, ...]`` (a real batch, flat: no class layout needed).
+    y_t: targets ``[m, K]`` (``loss="mse"``), or int labels ``[m]`` / ``[m, K]`` (``"platt"``).
+    reg: λ relative to ``tr(K_ss)/n`` (> 0).
+    loss: ``"mse"`` (KIP) or ``"platt"``.
+    dtype: precision of the KRR solve, ``"float32"`` or ``"float64"`` (needs ``jax_enable_x64``).
+
+  Returns:
+    The scalar loss.
+
+  Raises:
+    ValueError: bad ``loss``/``reg``/``dtype`` or shapes that do not match the above.
+  """
+  return loss_and_predictions(kernel_fn, x_s, y_s, x_t, y_t, reg, loss=loss, dtype=dtype)[0]
+
+
 def whiten_fn(zca_data):
   """``x -> ZCA(x)`` from ``{"zca_mean": [D], "zca_whiten": [D, D]}`` (or the identity for None)."""
   if zca_data is None:
@@ -119,17 +162,17 @@ def make_kip(config: KIPConfig, *, num_classes: int, image_shape, ipc: int, name
   def init(key):
     return {}
 
-  def loss(state, syn, real, key, data=None):
+  def objective_loss(state, syn, real, key, data=None):
     """KIP loss; real ``[C, n, ...]`` flattened to ``C·n`` targets. aux: target accuracy of the KRR."""
     whiten = whiten_fn(data)
     xt, lt, yt = krr.flatten_real(real, num_classes)
     xs, xt = whiten(syn.images), whiten(xt)
     ys = support_labels(syn.labels, num_classes)
-    pred = krr.krr_predict(kfn(xt, xs), kfn(xs, xs), ys, config.reg, config.dtype)
-    value, _ = krr.krr_loss(pred, yt if config.loss == "mse" else lt, config.loss)
+    value, pred = loss_and_predictions(kfn, xs, ys, xt, yt if config.loss == "mse" else lt, config.reg,
+                                       loss=config.loss, dtype=config.dtype)
     return value, {"accuracy": krr.krr_accuracy(pred, lt)}
 
-  return Objective(name, init, loss, None, config, data)
+  return Objective(name, init, objective_loss, None, config, data)
 
 
 def krr_test_accuracy(config: KIPConfig, images, labels, test_images, test_labels, num_classes: int, *,

@@ -173,6 +173,23 @@ def krr_loss(pred, targets, loss: str = "mse", temperature=None):
   return platt_cross_entropy(pred, targets, temperature), temperature
 
 
+def check_sets(x_s, y_s, x_t, y_t, loss_name: str):
+  """Shape checks of a support set ``(x_s [n, ...], y_s [n, K])`` and a target set ``(x_t [m, ...], y_t)``
+  (``y_t [m, K]``, or int ``[m]`` for ``loss="platt"``); raises ``ValueError`` naming the expected shapes."""
+  if np.ndim(x_s) < 2 or np.ndim(x_t) != np.ndim(x_s) or tuple(np.shape(x_s))[1:] != tuple(np.shape(x_t))[1:]:
+    raise ValueError(f"x_s [n, *shape] and x_t [m, *shape] must be flat sets of the same input shape, got "
+                     f"{tuple(np.shape(x_s))} and {tuple(np.shape(x_t))}.")
+  if np.ndim(y_s) != 2 or np.shape(y_s)[0] != np.shape(x_s)[0]:
+    raise ValueError(f"y_s must be float regression targets [n={np.shape(x_s)[0]}, K] (one-hot or learned), got "
+                     f"shape {tuple(np.shape(y_s))}.")
+  want = "[m, K] targets" if loss_name == "mse" else "int labels [m] or targets [m, K]"
+  ok = np.shape(y_t)[:1] == np.shape(x_t)[:1] and (
+      np.ndim(y_t) == 2 and np.shape(y_t)[1] == np.shape(y_s)[1] or (loss_name == "platt" and np.ndim(y_t) == 1))
+  if not ok:
+    raise ValueError(f"y_t must be {want} for x_t {tuple(np.shape(x_t))} and K = {np.shape(y_s)[1]}, got "
+                     f"shape {tuple(np.shape(y_t))}.")
+
+
 def target_labels(labels, num_classes: int, centred: bool = False):
   """One-hot regression targets ``[m, C]`` from int ``labels [m]``; ``centred`` subtracts ``1/C``
   (FRePo's ``1 − 1/C`` / ``−1/C`` targets)."""
@@ -181,11 +198,23 @@ def target_labels(labels, num_classes: int, centred: bool = False):
 
 
 def flatten_real(real, num_classes: int, centred: bool = False):
-  """A class-balanced real batch (images ``[C, n, ...]``, labels ``[C, n]``) as a flat target batch:
-  ``(x [C·n, ...], labels int [C·n], y [C·n, C])``."""
-  x = real.images.reshape((-1,) + real.images.shape[2:])
-  labels = real.labels.reshape(-1)
-  return x, labels, target_labels(labels, num_classes, centred)
+  """A real batch as a flat target batch ``(x [N, ...], labels int [N], y [N, C])``.
+
+  ``real`` is class-major (images ``[C, n, ...]``, labels ``[C, n]``; ``N = C·n``) or already flat (images
+  ``[N, ...]``, int labels ``[N]``); the labels' rank says which.
+
+  Raises:
+    ValueError: labels whose shape is not the leading shape of the images.
+  """
+  images, labels = real.images, real.labels
+  if labels.ndim not in (1, 2) or tuple(images.shape[:labels.ndim]) != tuple(labels.shape):
+    raise ValueError("the real batch must be class-major RealBatch(images [C, n, ...], labels int [C, n]) or flat "
+                     f"RealBatch(images [N, ...], labels int [N]); got images {tuple(images.shape)} and labels "
+                     f"{tuple(labels.shape)}.")
+  if labels.ndim == 2:
+    images = images.reshape((-1,) + images.shape[2:])
+    labels = labels.reshape(-1)
+  return images, labels, target_labels(labels, num_classes, centred)
 
 
 def krr_accuracy(pred, labels) -> jnp.ndarray:

@@ -23,6 +23,10 @@ gradient of the same loss with ``θ̂_i`` stopped at the input of each step (``f
 :func:`student_unroll`); the terms it drops, ``Σ_{j>i} ∂g_j/∂θ ∂θ̂_j/∂X_{b_i}``, are ``O(α)`` relative to the
 kept ones. ``soft_labels``: TESLA's labels assigned by an expert (:func:`expert_soft_labels`).
 
+The pure loss :func:`loss` (``loss(student_step, start, target, syn, lr, n_steps)``) runs any student step
+from any expert parameters (pytrees); the registered objective samples the expert segment and calls it (also
+importable as :mod:`jaxdistill.objectives.trajectory`).
+
 Parameter pruning (``prune = p > 0``, from the generative-distillation thesis / "Dataset Distillation using
 Parameter Pruning"): in each iteration the fraction ``p`` of parameters hardest to match — the largest
 ``|θ̂_N − θ*_{t+M}|`` — is dropped from numerator and denominator (threshold = the ``1 − p`` quantile,
@@ -34,7 +38,9 @@ import dataclasses
 import math
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
+import chex
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
@@ -201,11 +207,20 @@ def student_unroll(student: Student, theta0, images, labels, lr, key, num_steps:
       ``θ̂_{i+1} = θ̂_i + Δ_i`` path): the quantity TESLA's two-pass gradient computes.
     unroll: straight-line code instead of rolled scans (same result; faster on XLA:CPU).
   """
+  return _unroll_steps(lambda theta, i: student.step(theta, i, images, labels, lr, key), theta0, num_steps,
+                       checkpoint, first_order, unroll)
+
+
+def _unroll_steps(step, theta0, num_steps: int, checkpoint: bool = False, first_order: bool = False,
+                  unroll: bool = False):
+  """``θ̂_N`` after ``num_steps`` applications of ``step(θ, i) -> θ`` from ``theta0`` (any pytree); options as
+  :func:`student_unroll`."""
   def body(theta, i):
     if first_order:
       fixed = jax.lax.stop_gradient(theta)
-      return theta + (student.step(fixed, i, images, labels, lr, key) - fixed), None
-    return student.step(theta, i, images, labels, lr, key), None
+      new = step(fixed, i)
+      return jax.tree_util.tree_map(lambda t, n, f: t + (n - f), theta, new, fixed), None
+    return step(theta, i), None
 
   steps = jnp.arange(int(num_steps))
   if not checkpoint:
@@ -236,41 +251,109 @@ def tesla_unroll(student: Student, num_steps: int, unroll: bool = False):
   docstring): forward keeps only the inputs; backward re-runs the student and accumulates, per step, the VJP
   of ``Δ_i = step(θ̂_i) − θ̂_i`` w.r.t. ``(images, labels, lr)`` with the cotangent ``λ = ∂L/∂θ̂_N`` (memory
   independent of ``num_steps``). The cotangent of ``theta0`` is ``λ`` (first order)."""
+  f = _tesla_steps(lambda theta, i, syn, lr, key: student.step(theta, i, syn[0], syn[1], lr, key), num_steps,
+                   unroll)
+  return lambda theta0, images, labels, lr, key: f(theta0, (images, labels), lr, key)
+
+
+def _tesla_steps(step, num_steps: int, unroll: bool = False):
+  """TESLA's two-pass unroll for a generic ``step(θ, i, syn, lr, key) -> θ``: ``f(theta0, syn, lr, key)``.
+
+  ``syn`` is any pytree; its floating-point leaves get the accumulated cotangents, the others (hard labels)
+  zero (``float0``) ones; ``θ`` may be any pytree."""
   n = int(num_steps)
 
-  def forward(theta0, images, labels, lr, key):
-    body = lambda th, i: (student.step(th, i, images, labels, lr, key), None)
+  def forward(theta0, syn, lr, key):
+    body = lambda th, i: (step(th, i, syn, lr, key), None)
     return jax.lax.scan(body, theta0, jnp.arange(n), unroll=_unroll(unroll, n))[0]
 
   @jax.custom_vjp
-  def f(theta0, images, labels, lr, key):
-    return forward(theta0, images, labels, lr, key)
+  def f(theta0, syn, lr, key):
+    return forward(theta0, syn, lr, key)
 
-  def fwd(theta0, images, labels, lr, key):
-    return forward(theta0, images, labels, lr, key), (theta0, images, labels, lr, key)
+  def fwd(theta0, syn, lr, key):
+    return forward(theta0, syn, lr, key), (theta0, syn, lr, key)
 
   def bwd(res, lam):
-    theta0, images, labels, lr, key = res
-    soft = jnp.issubdtype(labels.dtype, jnp.floating)
+    theta0, syn, lr, key = res
+    leaves, treedef = jax.tree_util.tree_flatten(syn)
+    diff = [jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) for x in leaves]
+
+    def merge(float_leaves):
+      it = iter(float_leaves)
+      return jax.tree_util.tree_unflatten(treedef, [next(it) if d else x for x, d in zip(leaves, diff)])
 
     def body(carry, i):
-      theta, g_img, g_lab, g_lr = carry
-      if soft:
-        new, vjp = jax.vjp(lambda x, y, a: student.step(theta, i, x, y, a, key), images, labels, lr)
-        d_img, d_lab, d_lr = vjp(lam)
-        g_lab = g_lab + d_lab
-      else:
-        new, vjp = jax.vjp(lambda x, a: student.step(theta, i, x, labels, a, key), images, lr)
-        d_img, d_lr = vjp(lam)
-      return (new, g_img + d_img, g_lab, g_lr + d_lr), None
+      theta, g_syn, g_lr = carry
+      new, vjp = jax.vjp(lambda xs, a: step(theta, i, merge(xs), a, key),
+                         [x for x, d in zip(leaves, diff) if d], lr)
+      d_syn, d_lr = vjp(lam)
+      return (new, [g + d for g, d in zip(g_syn, d_syn)], g_lr + d_lr), None
 
-    init = (theta0, jnp.zeros_like(images), jnp.zeros_like(labels) if soft else jnp.zeros(()),
-            jnp.zeros_like(lr))
-    (_, g_img, g_lab, g_lr), _ = jax.lax.scan(body, init, jnp.arange(n), unroll=_unroll(unroll, n))
-    return (lam, g_img, g_lab if soft else _zero_cotangent(labels), g_lr, _zero_cotangent(key))
+    init = (theta0, [jnp.zeros_like(x) for x, d in zip(leaves, diff) if d], jnp.zeros_like(lr))
+    (_, g_syn, g_lr), _ = jax.lax.scan(body, init, jnp.arange(n), unroll=_unroll(unroll, n))
+    it = iter(g_syn)
+    g_all = jax.tree_util.tree_unflatten(treedef, [next(it) if d else _zero_cotangent(x)
+                                                   for x, d in zip(leaves, diff)])
+    return (lam, g_all, g_lr, jax.tree_util.tree_map(_zero_cotangent, key))
 
   f.defvjp(fwd, bwd)
   return f
+
+
+def _flat(params):
+  """A parameter pytree as one flat vector (a flat ``[P]`` array is returned as it is)."""
+  if isinstance(params, (jax.Array, np.ndarray)) and np.ndim(params) == 1:
+    return params
+  return jax.flatten_util.ravel_pytree(params)[0]
+
+
+def loss(student_step, start, target, syn, lr, n_steps: int, *, key=None, distance: str = "l2",
+         prune: float = 0.0, gradient: str = "unroll", checkpoint: bool = False, unroll: bool = False):
+  """The trajectory-matching loss (MTT Eq. 2): ``‖θ̂_N − θ*_{t+M}‖² / ‖θ*_t − θ*_{t+M}‖²``, a scalar.
+
+  A student starts at ``θ̂_0 = start`` and takes ``n_steps`` steps ``θ̂_{i+1} = student_step(θ̂_i, i, syn, lr,
+  key)`` (MTT Eq. 1: typically ``θ − lr · ∇_θ ℓ(minibatch_i(syn); θ)``); the result is compared with ``target``.
+  Pure: ``jit``, ``grad`` (w.r.t. ``syn``'s floating-point leaves and ``lr``) and ``vmap`` apply.
+
+  Args:
+    student_step: ``(params, i, syn, lr, key) -> params``; ``i`` is the int32 step index (pick mini-batch
+      ``i`` and fold ``i`` into ``key`` for per-step augmentation inside it).
+    start: the expert's parameters at epoch ``t`` (any pytree, e.g. a flat ``[P]`` vector or Flax params).
+    target: the expert's parameters at epoch ``t + M`` (same structure and shapes).
+    syn: what the step trains on, e.g. ``(images [N, ...], labels [N])``; any pytree.
+    lr: the student learning rate α (scalar; learnable in MTT).
+    n_steps: N ≥ 1 student steps.
+    key: passed unchanged to every ``student_step`` call (None when the step needs no randomness).
+    distance: ``"l2"`` (MTT) or ``"l1"`` (ratio of L1 norms).
+    prune: fraction in ``[0, 1)`` of the worst-matched parameters dropped (:func:`trajectory_distance`).
+    gradient: ``"unroll"`` (back-propagation through the steps) or ``"tesla"`` (TESLA's two-pass gradient,
+      memory independent of ``n_steps``; first order in the student states, see the module docstring).
+    checkpoint: with ``"unroll"``, re-materialise the steps in √N segments (same values, less memory).
+    unroll: straight-line code instead of a rolled ``lax.scan`` (same values; faster on XLA:CPU).
+
+  Returns:
+    The scalar loss (parameters flattened to one vector for the distance).
+
+  Raises:
+    ValueError: bad options, or ``start`` and ``target`` of different structures or shapes.
+  """
+  check_choice("distance", distance, DISTANCES)
+  check_choice("gradient", gradient, GRADIENTS)
+  if not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
+    raise ValueError(f"n_steps must be an integer >= 1, got {n_steps!r}.")
+  if not 0.0 <= prune < 1.0:
+    raise ValueError(f"prune must be in [0, 1), got {prune!r}.")
+  if checkpoint and gradient == "tesla":
+    raise ValueError("checkpoint applies to gradient='unroll'; gradient='tesla' already uses constant memory.")
+  chex.assert_trees_all_equal_shapes(start, target, exception_type=ValueError,
+                                     custom_message="start and target must be parameters of the same network")
+  if gradient == "tesla":
+    theta_n = _tesla_steps(student_step, n_steps, unroll)(start, syn, lr, key)
+  else:
+    theta_n = _unroll_steps(lambda theta, i: student_step(theta, i, syn, lr, key), start, n_steps, checkpoint,
+                            unroll=unroll)
+  return trajectory_distance(_flat(theta_n), _flat(start), _flat(target), distance, prune)
 
 
 def trajectory_distance(theta_n, start, target, distance: str = "l2", prune: float = 0.0):
@@ -347,12 +430,14 @@ def make_trajectory_matching(config: TrajectoryMatchingConfig, *, num_classes: i
     raise ValueError(f"the trajectories have {traj.shape[1]} epochs; max_start_epoch {config.max_start_epoch} "
                      f"and expert_epochs {config.expert_epochs} need {config.max_epoch() + 1}.")
   n_steps, m, t_max = int(config.syn_steps), int(config.expert_epochs), int(config.max_start_epoch)
-  final = tesla_unroll(student, n_steps, config.unroll) if config.gradient == "tesla" else None
+
+  def step(theta, i, syn_pair, lr, key):
+    return student.step(theta, i, syn_pair[0], syn_pair[1], lr, key)
 
   def init(key):
     return {}
 
-  def loss(state, syn, real: RealBatch, key, data):
+  def objective_loss(state, syn, real: RealBatch, key, data):
     """MTT Eq. 2 for one sampled expert segment; ``syn.images [C·ipc, H, W, C]``, ``syn.lr`` α or None."""
     trajectories = data["trajectories"]
     k_e, k_t, k_run = jax.random.split(key, 3)
@@ -361,15 +446,11 @@ def make_trajectory_matching(config: TrajectoryMatchingConfig, *, num_classes: i
     start = trajectories[e, t]
     target = trajectories[e, t + m]
     lr = jnp.asarray(config.lr_init if syn.lr is None else syn.lr, jnp.float32)
-    if final is not None:
-      theta_n = final(start, syn.images, syn.labels, lr, k_run)
-    else:
-      theta_n = student_unroll(student, start, syn.images, syn.labels, lr, k_run, n_steps, config.checkpoint,
-                               unroll=config.unroll)
-    value = trajectory_distance(theta_n, start, target, config.distance, config.prune)
+    value = loss(step, start, target, (syn.images, syn.labels), lr, n_steps, key=k_run, distance=config.distance,
+                 prune=config.prune, gradient=config.gradient, checkpoint=config.checkpoint, unroll=config.unroll)
     return value, {"expert": e, "start_epoch": t, "lr": lr}
 
-  return Objective(name, init, loss, None, config, {"trajectories": jnp.asarray(traj)})
+  return Objective(name, init, objective_loss, None, config, {"trajectories": jnp.asarray(traj)})
 
 
 def soft_labels_from_buffer(config: TrajectoryMatchingConfig, images, num_classes: int, image_shape,
