@@ -192,10 +192,21 @@ def constrain_real_batch(real, mesh: Mesh):
   return real._replace(images=images, labels=labels)
 
 
+def to_host(x) -> np.ndarray:
+  """``x`` as a NumPy array on this host. A global array split across processes (several ``jax.distributed``
+  processes, e.g. evaluation networks split along the model axis) is gathered first
+  (:func:`jax.experimental.multihost_utils.process_allgather`; every process must call this); local and fully
+  replicated arrays are read directly."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
 def mesh_size(mesh: Optional[Mesh]) -> int:
   """Number of devices of ``mesh`` (1 for None)."""
   return 1 if mesh is None else int(math.prod(mesh.devices.shape))
 
 
 __all__ = ["DATA_AXIS", "cluster_from_env", "constrain_real_batch", "initialize_distributed", "make_mesh",
-           "mesh_from_flag", "mesh_size", "model_mesh", "real_batch_spec", "replicate", "shard_leading"]
+           "mesh_from_flag", "mesh_size", "model_mesh", "real_batch_spec", "replicate", "shard_leading", "to_host"]
