@@ -12,12 +12,16 @@ per expert in ``shards``).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
-from experiments import common
-from jaxdistill import experts, io
-from jaxdistill.augment import DEFAULT_STRATEGY, DIGIT_STRATEGY
-from jaxdistill.data import get_spec, load
+from experiments import cli, common
+
+# Imported on first use, so --help and argument errors answer before JAX (experiments.cli).
+experts = cli.lazy("jaxdistill.experts")
+io = cli.lazy("jaxdistill.io")
+augment = cli.lazy("jaxdistill.augment")
+data_lib = cli.lazy("jaxdistill.data")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,29 +52,36 @@ def build_parser() -> argparse.ArgumentParser:
                  help="start no new shard after this many seconds; run again with --resume to continue")
   p.add_argument("--data-dir", default=None, help="TFDS data dir (default: $JAXDISTILL_DATA_DIR)")
   p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
-  return p
+  return cli.add_debug_flag(p)
 
 
 def main(argv=None) -> dict:
+  argv = list(sys.argv[1:] if argv is None else argv)
   args = build_parser().parse_args(argv)
-  spec = get_spec(args.dataset)
+  spec = data_lib.get_spec(args.dataset)
   config = experts.ExpertConfig(
       arch=args.arch, width=args.width, depth=args.depth, num_experts=args.experts,
       experts_per_shard=args.experts_per_shard, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-      dsa=not args.no_dsa, dsa_strategy=DIGIT_STRATEGY if spec.digits else DEFAULT_STRATEGY, zca=args.zca,
-      zca_reg=args.zca_reg, seed=args.seed).validate()
+      dsa=not args.no_dsa, dsa_strategy=augment.DIGIT_STRATEGY if spec.digits else augment.DEFAULT_STRATEGY,
+      zca=args.zca, zca_reg=args.zca_reg, seed=args.seed).validate()
   if args.time_budget is not None and not args.time_budget > 0:
     raise ValueError(f"--time-budget must be > 0 seconds, got {args.time_budget}.")
   deadline = None if args.time_budget is None else time.monotonic() + args.time_budget
   io.prepare_out_dir(args.out, overwrite=args.overwrite, resume=args.resume)
   split = "train" if args.train_size is None else f"train[:{args.train_size}]"
-  train_x, train_y, _ = load(args.dataset, split, data_dir=args.data_dir)
-  test_x, test_y, _ = load(args.dataset, "test", data_dir=args.data_dir)
+  backend = common.data_backend(args)
+  train_x, train_y, _ = data_lib.load(args.dataset, split, data_dir=args.data_dir, backend=backend)
+  test_x, test_y, _ = data_lib.load(args.dataset, "test", data_dir=args.data_dir, backend=backend)
   if args.test_size is not None:
     test_x, test_y = test_x[:args.test_size], test_y[:args.test_size]
-  meta = experts.train_experts(config, train_x, train_y, test_x, test_y, spec.num_classes, args.out,
-                               dataset=args.dataset, split=split, progress=not args.quiet,
-                               log=None if args.quiet else print, resume=args.resume, deadline=deadline)
+  try:
+    meta = experts.train_experts(config, train_x, train_y, test_x, test_y, spec.num_classes, args.out,
+                                 dataset=args.dataset, split=split, progress=not args.quiet,
+                                 log=None if args.quiet else print, resume=args.resume, deadline=deadline)
+  except KeyboardInterrupt as e:  # Ctrl-C: the finished shards stay; say how to continue
+    e.kept = f"the finished shards in {args.out}"
+    e.resume_command = cli.resume_command("experiments.buffers", argv)
+    raise
   if not meta["complete"]:
     print(f"stopped at the time budget: {meta['shards_done']} of {meta['shards']} shards in {args.out}; "
           "continue with the same command and --resume.")
@@ -82,4 +93,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

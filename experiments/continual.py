@@ -15,15 +15,17 @@ import argparse
 import os
 import time
 
-from experiments import common
-from jaxdistill import io
-from jaxdistill.apps import continual
+from experiments import cli, common, names
+
+# Imported on first use, so --help and argument errors answer before JAX (experiments.cli).
+io = cli.lazy("jaxdistill.io")
+continual = cli.lazy("jaxdistill.apps.continual")
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--methods", default="dm,herding,random",
-                      help="comma-separated from " + ",".join(continual.METHODS))
+                      help="comma-separated from " + ",".join(names.CONTINUAL_METHODS))
   parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (class order and randomness)")
   parser.add_argument("--num-steps", type=common.positive_int, default=5)
   parser.add_argument("--classes-per-step", type=common.positive_int, default=2)
@@ -54,7 +56,7 @@ def parse_list(text: str, kind, name: str, accepted=None):
 
 def main(argv=None) -> dict:
   args = common.resolve_eval(build_parser().parse_args(argv), "dm")
-  methods = parse_list(args.methods, str, "methods", continual.METHODS)
+  methods = parse_list(args.methods, str, "methods", names.CONTINUAL_METHODS)
   seeds = parse_list(args.seeds, int, "seeds")
   mesh = common.setup_devices(args)
   io.prepare_out_dir(args.out, overwrite=args.overwrite)
@@ -98,4 +100,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

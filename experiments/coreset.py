@@ -11,19 +11,20 @@ from __future__ import annotations
 import argparse
 import time
 
-import jax
-import numpy as np
+from experiments import cli, common, names
 
-from experiments import common
-from jaxdistill import coreset, io
+# Imported on first use, so --help and argument errors answer before JAX (experiments.cli).
+jax = cli.lazy("jax")
+coreset = cli.lazy("jaxdistill.coreset")
+io = cli.lazy("jaxdistill.io")
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--method", required=True, choices=coreset.METHODS)
-  parser.add_argument("--feature-width", type=common.positive_int, default=coreset.FeatureNetConfig.width,
+  parser.add_argument("--method", required=True, choices=names.CORESET_METHODS)
+  parser.add_argument("--feature-width", type=common.positive_int, default=names.FEATURE_WIDTH,
                       help="width of the ConvNet trained for features / forgetting statistics")
-  parser.add_argument("--feature-epochs", type=common.positive_int, default=coreset.FeatureNetConfig.epochs)
+  parser.add_argument("--feature-epochs", type=common.positive_int, default=names.FEATURE_EPOCHS)
   parser.add_argument("--feature-examples", type=common.positive_int, default=None,
                       help="train the feature network on a random subset of this many examples")
   return common.add_common_args(parser)
@@ -56,4 +57,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

@@ -13,19 +13,21 @@ from __future__ import annotations
 import argparse
 import os
 
-import jax
-import numpy as np
+from experiments import cli, common, names
 
-from experiments import common
-from jaxdistill import io, models
-from jaxdistill.evaluate import results_table
+# Imported on first use, so --help and argument errors answer before JAX (experiments.cli).
+jax = cli.lazy("jax")
+np = cli.lazy("numpy")
+io = cli.lazy("jaxdistill.io")
+evaluation = cli.lazy("jaxdistill.evaluate")
+data_lib = cli.lazy("jaxdistill.data")
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--synthetic", required=True, help="a synthetic.npz written by a jaxdistill CLI")
   parser.add_argument("--arch", default="convnet", help="comma-separated names from " +
-                      ",".join(models.ARCHITECTURES))
+                      ",".join(names.ARCHITECTURES))
   common.add_common_args(parser, ipc_required=False)
   parser.set_defaults(dataset=None)
   return parser
@@ -35,10 +37,10 @@ def parse_archs(text: str):
   """Splits ``"convnet,mlp"`` and checks every name; ``ValueError`` names the accepted values."""
   archs = [a.strip() for a in text.split(",") if a.strip()]
   if not archs:
-    raise ValueError(f"--arch must name at least one of {list(models.ARCHITECTURES)}.")
+    raise ValueError(f"--arch must name at least one of {list(names.ARCHITECTURES)}.")
   for a in archs:
-    if a not in models.ARCHITECTURES:
-      raise ValueError(f"--arch entries must be in {list(models.ARCHITECTURES)}, got {a!r}.")
+    if a not in names.ARCHITECTURES:
+      raise ValueError(f"--arch entries must be in {list(names.ARCHITECTURES)}, got {a!r}.")
   return archs
 
 
@@ -71,6 +73,8 @@ def main(argv=None) -> dict:
   args.dataset = args.dataset or meta.get("dataset")
   if not args.dataset:
     raise ValueError(f"{args.synthetic!r} has no dataset in its metadata; pass --dataset.")
+  spec = data_lib.get_spec(args.dataset)
+  io.validate_synthetic(saved, spec.image_shape, spec.num_classes, repr(args.synthetic), args.dataset)
   common.setup_devices(args)  # --distributed / --devices: evaluation networks split across devices
   io.prepare_out_dir(args.out, overwrite=args.overwrite)
   data = common.load_dataset(args)
@@ -80,7 +84,7 @@ def main(argv=None) -> dict:
   results = {a: common.evaluate_set(args, data, saved["images"], saved["labels"], k, lr=lr, arch=a)
              for a, k in zip(archs, keys)}
   title = f"{meta.get('method', '?')} · {args.dataset} · ipc {meta.get('ipc', '?')}"
-  table = results_table(results)
+  table = evaluation.results_table(results)
   io.save_text(os.path.join(args.out, "table.md"), f"# {title}\n\n{table}\n")
   save_heatmap(os.path.join(args.out, "heatmap.png"), results, title)
   payload = {"synthetic": os.path.abspath(args.synthetic), "source_metadata": meta, "dataset": args.dataset,
@@ -94,4 +98,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

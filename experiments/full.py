@@ -28,8 +28,10 @@ import shlex
 import time
 from typing import Dict, List, NamedTuple, Optional
 
+from experiments import cli
 from experiments.published import published
-from jaxdistill import io
+
+io = cli.lazy("jaxdistill.io")  # imported on first use: --help answers before JAX (experiments.cli)
 
 METHODS = ("dm", "dc", "dsa", "mtt")
 IPCS = (1, 10, 50)
@@ -199,4 +201,4 @@ def main(argv=None) -> Dict:
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

@@ -16,16 +16,20 @@ from __future__ import annotations
 
 import dataclasses
 
-import flax
-import jax
-import numpy as np
+from experiments import names
+from experiments.cli import lazy
 
-from jaxdistill import generators as G
-from jaxdistill import objectives, synthetic
-from jaxdistill.synthetic.glad import SPACES, GLaDConfig
-from jaxdistill.synthetic.haba import HaBaConfig
+# Imported on first use, so --help and argument errors answer before JAX (experiments.cli).
+flax = lazy("flax")
+jax = lazy("jax")
+np = lazy("numpy")
+G = lazy("jaxdistill.generators")
+objectives = lazy("jaxdistill.objectives")
+synthetic = lazy("jaxdistill.synthetic")
+glad = lazy("jaxdistill.synthetic.glad")
+haba = lazy("jaxdistill.synthetic.haba")
 
-METHODS = ("glad", "gendm", "latentdd", "haba")
+METHODS = names.PARAMETERISATIONS
 # Generator sizes when no --gen-* flag is given: GLaD's style generator (a random one is stored as a seed),
 # and GenDM's decoder small enough for the IPC-1 budget of a 28×28×1 set (7 840 floats).
 DEFAULT_GEN = {"glad": ("style", {"widths": (64, 32, 16), "z_dim": 64, "w_dim": 64}),
@@ -39,9 +43,10 @@ def _ints(text: str):
 def add_args(parser):
   """Flags of glad / gendm / latentdd / haba."""
   g = parser.add_argument_group("generative parameterisations (glad, gendm, latentdd, haba)")
-  g.add_argument("--objective", default=None, choices=sorted(objectives.REGISTRY),
+  g.add_argument("--objective", default=None, choices=sorted(names.OBJECTIVES),
                  help="objective for a parameterisation method (dm, dc, mtt, ...)")
-  g.add_argument("--gen-arch", default=None, choices=G.ARCHS, help="generator (glad: style, gendm: decoder)")
+  g.add_argument("--gen-arch", default=None, choices=names.GENERATOR_ARCHS,
+                 help="generator (glad: style, gendm: decoder)")
   g.add_argument("--gen-widths", type=_ints, default=None, help="generator widths, e.g. 64,32,16")
   g.add_argument("--gen-z-dim", type=int, default=None, help="latent size z")
   g.add_argument("--gen-w-dim", type=int, default=None, help="style code size w (style generator)")
@@ -50,7 +55,7 @@ def add_args(parser):
   g.add_argument("--gen-checkpoint", default=None,
                  help="generator .npz (save_generator, or a gendm run's synthetic.npz); default: random G")
   g.add_argument("--gen-seed", type=int, default=None, help="seed of a random generator (default --seed)")
-  g.add_argument("--glad-space", default="features", choices=SPACES, help="GLaD latent space")
+  g.add_argument("--glad-space", default="features", choices=names.GLAD_SPACES, help="GLaD latent space")
   g.add_argument("--glad-layer", type=int, default=2, help="GLaD layer n of the feature map F_n")
   g.add_argument("--glad-init", default="random", choices=("random", "class_mean"), help="GLaD latent init")
   g.add_argument("--glad-chunk", type=int, default=10, help="images per chunk of the decoupled backward")
@@ -107,8 +112,8 @@ def _objective(dist, args, data, obj_cfg, init, key, ipc):
 
 def _glad_config(args, method, from_checkpoint):
   space = args.glad_space if (method == "glad" or args.glad_space != "features") else "z"
-  return GLaDConfig(space=space, layer=args.glad_layer, init=args.glad_init, chunk=args.glad_chunk,
-                    decoupled=not args.no_decoupled, count_generator=from_checkpoint)
+  return glad.GLaDConfig(space=space, layer=args.glad_layer, init=args.glad_init, chunk=args.glad_chunk,
+                         decoupled=not args.no_decoupled, count_generator=from_checkpoint)
 
 
 def _source(args):
@@ -155,17 +160,17 @@ def make_builder(dist, method, record):
   return build
 
 
-def haba_config(args, spec) -> HaBaConfig:
+def haba_config(args, spec) -> haba.HaBaConfig:
   """HaBa's config; without ``--haba-bases`` the most bases per class that fit the budget with the
   hallucinators (at least 1)."""
-  base = HaBaConfig(hallucinators=args.haba_hallucinators, width=args.haba_width,
-                    basis_size=args.haba_basis_size, enforce_budget=not args.ignore_budget)
+  base = haba.HaBaConfig(hallucinators=args.haba_hallucinators, width=args.haba_width,
+                         basis_size=args.haba_basis_size, enforce_budget=not args.ignore_budget)
   if args.haba_bases:
     return dataclasses.replace(base, bases_per_class=args.haba_bases)
   return dataclasses.replace(base, bases_per_class=max_bases(base, spec.num_classes, args.ipc, spec.image_shape))
 
 
-def max_bases(cfg: HaBaConfig, num_classes: int, ipc: int, image_shape) -> int:
+def max_bases(cfg: haba.HaBaConfig, num_classes: int, ipc: int, image_shape) -> int:
   """The most bases per class such that bases + ``cfg.hallucinators`` hallucinators fit
   ``C · ipc · H · W · ch`` floats (at least 1)."""
   h, w, c = image_shape

@@ -18,8 +18,10 @@ import os
 import sys
 import time
 
-from experiments import common, coreset, distill
-from jaxdistill import io
+from experiments import cli, common, coreset, distill
+
+# Imported on first use, so --help and argument errors answer before JAX (experiments.cli).
+io = cli.lazy("jaxdistill.io")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--overwrite", action="store_true")
   p.add_argument("--quiet", action="store_true")
   p.add_argument("--extra", default="", help="more flags for both sub-runs, e.g. '--test-size 500 --width 8'")
-  return p
+  return cli.add_debug_flag(p)
 
 
 def main(argv=None) -> dict:
@@ -76,4 +78,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

@@ -17,15 +17,16 @@ import argparse
 import os
 import time
 
-import jax
-import numpy as np
+from experiments import cli, common
+from experiments.names import ACTIVATIONS, NORMS, POOLINGS
 
-from experiments import common
-from jaxdistill import io
-from jaxdistill.apps import nas
-from jaxdistill.augment import default_params
-from jaxdistill.data import random_subset
-from jaxdistill.models.layers import ACTIVATIONS, NORMS, POOLINGS
+# Imported on first use, so --help and argument errors answer before JAX (experiments.cli).
+jax = cli.lazy("jax")
+np = cli.lazy("numpy")
+io = cli.lazy("jaxdistill.io")
+nas = cli.lazy("jaxdistill.apps.nas")
+augment = cli.lazy("jaxdistill.augment")
+data_lib = cli.lazy("jaxdistill.data")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +87,11 @@ def main(argv=None) -> dict:
                            _split(args.norms, str, "norms", NORMS),
                            _split(args.activations, str, "activations", ACTIVATIONS),
                            _split(args.poolings, str, "poolings", POOLINGS))
+  saved = None
+  if args.synthetic:  # checked against the dataset before any work
+    saved = io.load_synthetic(args.synthetic)
+    spec = data_lib.get_spec(args.dataset)
+    io.validate_synthetic(saved, spec.image_shape, spec.num_classes, repr(args.synthetic), args.dataset)
   mesh = common.setup_devices(args)
   io.prepare_out_dir(args.out, overwrite=args.overwrite)
   data = common.load_dataset(args)
@@ -95,10 +101,9 @@ def main(argv=None) -> dict:
   archs = nas.sample_architectures(k_arch, space, args.num_archs)
   val_x, val_y = data.test_x[:args.val_size], data.test_y[:args.val_size]
   proxies = {}
-  if args.synthetic:
-    saved = io.load_synthetic(args.synthetic)
+  if saved is not None:
     proxies["distilled"] = nas.TrainSet(saved["images"], saved["labels"], args.proxy_epochs)
-  pos = random_subset(k_sub, data.train_y, nc, args.ipc).reshape(-1)
+  pos = data_lib.random_subset(k_sub, data.train_y, nc, args.ipc).reshape(-1)
   proxies["random"] = nas.TrainSet(data.train_x[pos], data.train_y[pos], args.proxy_epochs)
   if args.full_size and args.full_size < len(data.train_y):
     idx = np.sort(np.asarray(jax.random.permutation(k_full, len(data.train_y))[:args.full_size]))
@@ -108,7 +113,7 @@ def main(argv=None) -> dict:
   if args.early_epochs > 0:
     proxies["early"] = nas.TrainSet(full_x, full_y, args.early_epochs)
   full = nas.TrainSet(full_x, full_y, args.full_epochs)
-  dsa = None if args.no_eval_dsa else default_params(digits=data.spec.digits)
+  dsa = None if args.no_eval_dsa else augment.default_params(digits=data.spec.digits)
   start = time.perf_counter()
   scores, full_scores, reports = nas.run_search(
       archs, proxies, full, k_search, val_images=val_x, val_labels=val_y, num_classes=nc,
@@ -132,4 +137,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

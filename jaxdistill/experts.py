@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import zipfile
 from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import jax
@@ -365,13 +366,34 @@ def iter_shards(buffer_dir: str, epochs: Optional[Sequence[int]] = None
     path = os.path.join(buffer_dir, shard["file"])
     if not os.path.exists(path):
       raise ValueError(f"expert buffer shard {path!r} is missing.")
-    with np.load(path, allow_pickle=False) as f:
-      params = np.stack([np.asarray(f[f"epoch_{e:04d}"], np.float32) for e in epochs], 1)
-      acc = np.asarray(f["test_accuracy"])
+    params, acc = _read_shard(path, epochs)
     if params.shape != (shard["experts"], len(epochs), meta["num_params"]):
       raise ValueError(f"shard {path!r} holds parameters of shape {params.shape}, the metadata says "
                        f"{(shard['experts'], len(epochs), meta['num_params'])}.")
     yield si, params, acc
+
+
+def _read_shard(path: str, epochs: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
+  """``(params [experts, len(epochs), P], test_accuracy)`` of one shard file, reading only those epochs.
+
+  Raises:
+    ValueError: naming the file when it is not an ``.npz``, is truncated or corrupt (checksums are checked as the
+      arrays are read), or lacks an epoch or the accuracies.
+  """
+  io.check_npz(path)
+  names = [f"epoch_{e:04d}" for e in epochs] + ["test_accuracy"]
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      missing = [n for n in names if n not in f.files]
+      if not missing:
+        params = np.stack([np.asarray(f[n], np.float32) for n in names[:-1]], 1)
+        acc = np.asarray(f["test_accuracy"])
+  except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+    raise ValueError(f"expert buffer shard {path!r} is truncated or corrupt ({type(e).__name__}: {e}); "
+                     "re-create the buffer (or delete the shard and resume its training).") from e
+  if missing:
+    raise ValueError(f"expert buffer shard {path!r} lacks {missing[:3]}; re-create the buffer.")
+  return params, acc
 
 
 class Buffer(NamedTuple):
