@@ -11,14 +11,15 @@ import resource
 import sys
 from typing import Any, Dict, NamedTuple, Optional
 
-import jax
-import numpy as np
+from experiments.cli import add_debug_flag, lazy
 
-from jaxdistill import io
-from jaxdistill.augment import default_params
-from jaxdistill.data import denormalise, get_spec, load
-from jaxdistill.data.specs import DatasetSpec
-from jaxdistill.evaluate import EvalConfig, EvalResult, evaluate
+# Imported on first use, so --help and argument errors answer before JAX (experiments.cli).
+jax = lazy("jax")
+np = lazy("numpy")
+io = lazy("jaxdistill.io")
+augment = lazy("jaxdistill.augment")
+data_lib = lazy("jaxdistill.data")
+evaluation = lazy("jaxdistill.evaluate")
 
 
 class Data(NamedTuple):
@@ -27,7 +28,7 @@ class Data(NamedTuple):
   train_y: np.ndarray
   test_x: np.ndarray
   test_y: np.ndarray
-  spec: DatasetSpec
+  spec: data_lib.DatasetSpec
 
 
 def positive_int(text: str) -> int:
@@ -41,7 +42,9 @@ def positive_int(text: str) -> int:
 def add_common_args(parser: argparse.ArgumentParser, ipc_required: bool = True) -> argparse.ArgumentParser:
   """Adds the flags shared by the coreset / distill CLIs."""
   parser.add_argument("--dataset", default="fashion_mnist",
-                      help="fashion_mnist (offline), mnist, cifar10, cifar100, svhn_cropped")
+                      help="fashion_mnist (offline), mnist, cifar10, cifar100, svhn_cropped, or your data: "
+                           "npz:PATH (x [N,H,W,C], y [N]; optional x_test/y_test), folder:PATH (one sub-folder per "
+                           "class), idx:PATH (MNIST-format files), tfds:NAME (jaxdistill.data.user)")
   parser.add_argument("--ipc", type=positive_int, required=ipc_required, help="images per class")
   g = parser.add_argument_group(
       "evaluation (defaults: the method's own protocol, jaxdistill.evaluate.PROTOCOLS: DC 300 epochs without "
@@ -75,7 +78,7 @@ def add_common_args(parser: argparse.ArgumentParser, ipc_required: bool = True) 
   parser.add_argument("--coordinator-address", default=None, help="with --distributed: host:port of process 0")
   parser.add_argument("--num-processes", type=int, default=None, help="with --distributed: number of processes")
   parser.add_argument("--process-id", type=int, default=None, help="with --distributed: this process's index")
-  return parser
+  return add_debug_flag(parser)
 
 
 def setup_devices(args):
@@ -83,9 +86,33 @@ def setup_devices(args):
   for the single-device path); also stored as ``args.mesh`` for :func:`evaluate_set`."""
   from jaxdistill import sharding
   if getattr(args, "distributed", False):
+    enable_cpu_collectives()
     sharding.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
   args.mesh = sharding.mesh_from_flag(getattr(args, "devices", None))
   return args.mesh
+
+
+def enable_cpu_collectives() -> None:
+  """Cross-process collectives for CPU devices (gloo), so a ``--distributed`` job also runs on CPU-only hosts
+  (the default CPU client has none). No effect on GPU/TPU devices; a choice made already (e.g. ``mpi``) is kept."""
+  if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+
+
+def data_backend(args) -> Optional[str]:
+  """The data backend for ``args.dataset``: ``"idx"`` when it is Fashion-MNIST / MNIST with its IDX files on
+  this machine, unless ``$JAXDISTILL_DATA_BACKEND`` or ``--data-dir`` asks otherwise; else None (the library's
+  choice, :func:`jaxdistill.data.resolve_backend`).
+
+  The TFDS dataset of these two is prepared from the same IDX files in file order, so both backends give the same
+  arrays (tests/test_data_without_tf.py); NumPy alone spares TensorFlow's import and its tf.data pipeline (about
+  0.9 GB resident and seconds per run)."""
+  if os.environ.get(data_lib.datasets.BACKEND_ENV) or getattr(args, "data_dir", None):
+    return None
+  idx = data_lib.idx
+  if args.dataset not in idx.IDX_DATASETS:
+    return None
+  return "idx" if idx.find_idx_dir(args.dataset) else None
 
 
 def load_dataset(args) -> Data:
@@ -94,9 +121,11 @@ def load_dataset(args) -> Data:
   CLIs that did not call :func:`setup_devices` yet get it here (``--distributed`` / ``--devices``)."""
   if not hasattr(args, "mesh") and hasattr(args, "devices"):
     setup_devices(args)
-  get_spec(args.dataset)  # ValueError for unknown names before touching TFDS.
-  train_x, train_y, spec = load(args.dataset, "train", data_dir=args.data_dir)
-  test_x, test_y, _ = load(args.dataset, "test", data_dir=args.data_dir)
+  if not data_lib.user.is_user_dataset(args.dataset):  # npz:/folder:/idx:/tfds: names are checked as they load
+    data_lib.get_spec(args.dataset)  # ValueError for unknown names before touching TFDS.
+  backend = data_backend(args)
+  train_x, train_y, spec = data_lib.load(args.dataset, "train", data_dir=args.data_dir, backend=backend)
+  test_x, test_y, _ = data_lib.load(args.dataset, "test", data_dir=args.data_dir, backend=backend)
   size = getattr(args, "test_size", None)
   if size is not None:
     if size < 1:
@@ -136,23 +165,50 @@ def resolve_eval(args, method: Optional[str]):
   return args
 
 
-def evaluate_set(args, data: Data, images, labels, key, lr=None, arch: Optional[str] = None) -> EvalResult:
+def evaluate_set(args, data: Data, images, labels, key, lr=None,
+                 arch: Optional[str] = None) -> evaluation.EvalResult:
   """Evaluates a (synthetic) set with the resolved protocol (:func:`resolve_eval`): ``args.eval_models`` fresh
   networks, ``args.eval_epochs`` epochs, DSA if ``args.eval_dsa``, the method's label rule, and the learned
   ``lr`` only when ``args.eval_learned_lr``."""
   if getattr(args, "eval_epochs", None) is None or getattr(args, "eval_dsa", None) is None:
     resolve_eval(args, getattr(args, "method", None))
   arch = arch or args.eval_arch
-  dsa = default_params(digits=data.spec.digits) if args.eval_dsa else None
+  dsa = augment.default_params(digits=data.spec.digits) if args.eval_dsa else None
   kwargs = eval_model_kwargs(args) if arch == args.eval_arch else {}
   use_lr = lr if (lr is not None and args.eval_learned_lr) else None
-  return evaluate(images, labels, arch, key, args.eval_models, args.eval_epochs, test_images=data.test_x,
-                  test_labels=data.test_y, num_classes=data.spec.num_classes, dsa=dsa, lr=use_lr,
-                  config=EvalConfig(), model_kwargs=kwargs, progress=not args.quiet,
-                  mesh=getattr(args, "mesh", None), label_rule=getattr(args, "eval_labels", "cross_entropy"))
+  config = evaluation.EvalConfig(
+      test_batch_size=eval_test_batch(args.eval_models, kwargs.get("width", 128), data.spec.image_shape))
+  return evaluation.evaluate(
+      images, labels, arch, key, args.eval_models, args.eval_epochs, test_images=data.test_x,
+      test_labels=data.test_y, num_classes=data.spec.num_classes, dsa=dsa, lr=use_lr, config=config,
+      model_kwargs=kwargs, progress=not args.quiet, mesh=eval_mesh(getattr(args, "mesh", None), args.eval_models),
+      label_rule=getattr(args, "eval_labels", "cross_entropy"))
 
 
-def eval_metrics(args, result: EvalResult) -> Dict[str, Any]:
+def eval_mesh(mesh, num_models: int):
+  """The mesh to split ``num_models`` evaluation networks over: ``mesh`` itself, unless the devices the networks
+  would use (:func:`jaxdistill.sharding.model_mesh`) leave out a process of a multi-process job (e.g. 5 networks
+  on 2 processes use 1 device); then None: every process trains all networks itself, the same ones (the same
+  program on the same inputs), with no collective to wait for."""
+  if mesh is None or jax.process_count() == 1:
+    return mesh
+  from jaxdistill import sharding
+  used = {d.process_index for d in sharding.model_mesh(mesh, int(num_models)).devices.flat}
+  return mesh if len(used) == jax.process_count() else None
+
+
+def eval_test_batch(num_models: int, width: int, image_shape, budget_floats: int = 2 ** 26,
+                    most: int = 1000) -> int:
+  """Test images per batch when ``num_models`` networks of ``width`` channels are tested at once: the largest
+  batch (at most ``most``) whose first activation, ``num_models x batch x width x H x W`` floats, stays within
+  ``budget_floats`` (256 MiB). The accuracy does not depend on it; the memory does: 3 ConvNet-128s on batches of
+  1000 Fashion-MNIST images held 5.5 GB, on batches of 222 under 1.9 GB."""
+  h, w = int(image_shape[0]), int(image_shape[1])
+  per_image = max(1, int(num_models) * max(1, int(width)) * h * w)
+  return int(max(1, min(most, budget_floats // per_image)))
+
+
+def eval_metrics(args, result: evaluation.EvalResult) -> Dict[str, Any]:
   """The evaluation keys of ``metrics.json``."""
   from jaxdistill.training import reference_schedule
   return {"test_accuracy_mean": result.mean, "test_accuracy_std": result.std,
@@ -166,7 +222,7 @@ def eval_metrics(args, result: EvalResult) -> Dict[str, Any]:
 
 
 def result_test_size(args) -> int:
-  return args.test_size if getattr(args, "test_size", None) else get_spec(args.dataset).num_test
+  return args.test_size if getattr(args, "test_size", None) else data_lib.get_spec(args.dataset).num_test
 
 
 def peak_memory_mb() -> float:
@@ -189,7 +245,7 @@ def write_outputs(out: str, data: Data, images, labels, metrics: Dict[str, Any],
   images = np.asarray(images, np.float32)
   io.save_synthetic(os.path.join(out, "synthetic.npz"), images, labels, metadata, lr=lr, extra=extra)
   shown, _ = class_major(images, labels)
-  io.save_image_grid(os.path.join(out, "grid.png"), denormalise(shown, data.spec.name),
+  io.save_image_grid(os.path.join(out, "grid.png"), data_lib.denormalise(shown, data.spec.name),
                      rows=data.spec.num_classes)
   payload = {**metadata, **metrics}
   io.save_json(os.path.join(out, "metrics.json"), payload)

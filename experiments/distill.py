@@ -4,7 +4,8 @@
         --real-per-class 64 --eval-models 3 --eval-epochs 300 --out runs/dm_ipc10
 
 Writes ``synthetic.npz``, ``metrics.json`` (the coreset CLI's keys plus ``iterations``,
-``seconds_per_iteration``, ``peak_memory_mb`` and the loss curve), ``grid.png`` and ``loss.png`` to ``--out``;
+``seconds_per_iteration``, ``peak_memory_mb`` and the loss curve), ``grid.png``, ``loss.png`` and, written as
+the run goes, ``metrics.jsonl`` (one JSON line per iteration: loss, seconds, the objective's aux) to ``--out``;
 ``--resume`` continues an interrupted run from ``--out/checkpoint.npz`` (same seed and flags), bit-for-bit.
 ``--config FILE`` is a JSON object of option overrides: keys of the method's objective config (e.g.
 ``width``, ``metric``, ``outer_loop``) and of :class:`jaxdistill.loop.LoopConfig` (e.g. ``momentum``).
@@ -17,12 +18,18 @@ import os
 import sys
 import time
 
-import jax
-import numpy as np
+from experiments import cli, common, names
 
-from experiments import common
-from jaxdistill import io, loop, objectives, presets, synthetic
-from jaxdistill.augment import DIGIT_STRATEGY
+# Imported on first use, so --help and argument errors answer before JAX (experiments.cli).
+jax = cli.lazy("jax")
+presets = cli.lazy("jaxdistill.presets")
+np = cli.lazy("numpy")
+io = cli.lazy("jaxdistill.io")
+loop = cli.lazy("jaxdistill.loop")
+data_lib = cli.lazy("jaxdistill.data")
+objectives = cli.lazy("jaxdistill.objectives")
+synthetic = cli.lazy("jaxdistill.synthetic")
+augment = cli.lazy("jaxdistill.augment")
 
 # Per-method hooks, so every method runs through this one CLI:
 #   ARG_HOOKS: functions ``add(parser)`` adding a method family's flags (e.g. ``--buffer`` for MTT);
@@ -68,7 +75,9 @@ def objective_name(args) -> str:
 
 
 def method_choices():
-  return tuple(sorted(set(objectives.METHODS) | set(BUILDERS)))
+  """The ``--method`` values: every registered objective and every method with a builder (without importing
+  the library: :mod:`experiments.names`)."""
+  return tuple(sorted(set(names.OBJECTIVES) | set(BUILDERS)))
 
 
 class ListPresets(argparse.Action):
@@ -91,7 +100,7 @@ class ListPresets(argparse.Action):
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--method", required=True, choices=method_choices())
-  parser.add_argument("--preset", default=None, choices=presets.names(),
+  parser.add_argument("--preset", default=None, choices=names.PRESETS,
                       help="hyperparameters for (method, dataset, IPC) from jaxdistill/presets: 'paper' (published, "
                            "each value with its source) or 'cpu' (the benchmarks' reduced protocol); --config and "
                            "explicit flags override it (default: the registry's defaults)")
@@ -165,7 +174,7 @@ def build_configs(args, spec):
   if "dsa_strategy" in obj_over:
     obj_over["dsa_strategy"] = tuple(obj_over["dsa_strategy"])
   elif spec.digits and "dsa_strategy" in obj_fields:
-    obj_over["dsa_strategy"] = DIGIT_STRATEGY
+    obj_over["dsa_strategy"] = augment.DIGIT_STRATEGY
   if args.width is not None:
     obj_over["width"] = args.width
   for name in sorted(HOOK_FIELDS & obj_fields):
@@ -210,16 +219,18 @@ def in_image_updates(loop_cfg, per_iteration: int):
 
 
 def main(argv=None) -> dict:
+  argv = list(sys.argv[1:] if argv is None else argv)
   args = build_parser().parse_args(argv)
+  if args.time_budget is not None and not args.time_budget > 0:
+    raise ValueError(f"--time-budget must be > 0 seconds, got {args.time_budget}.")
+  # Flags, --config and --preset are checked before anything is written or loaded.
+  obj_cfg, loop_cfg, init = build_configs(args, data_lib.get_spec(args.dataset))
+  common.resolve_eval(args, args.method)
   mesh = common.setup_devices(args)  # --distributed / --devices (jaxdistill.sharding)
   io.prepare_out_dir(args.out, overwrite=args.overwrite, resume=args.resume)
   start, start_monotonic = time.perf_counter(), time.monotonic()
-  if args.time_budget is not None and not args.time_budget > 0:
-    raise ValueError(f"--time-budget must be > 0 seconds, got {args.time_budget}.")
   data = common.load_dataset(args)
   spec = data.spec
-  obj_cfg, loop_cfg, init = build_configs(args, spec)
-  common.resolve_eval(args, args.method)
   per_iteration = updates_per_iteration(obj_cfg, args.ipc)
   iterations = loop_cfg.iterations
   loop_cfg = in_image_updates(loop_cfg, per_iteration)
@@ -231,10 +242,15 @@ def main(argv=None) -> dict:
     evaluator = lambda batch, k: common.evaluate_set(args, data, np.asarray(batch.images),
                                                      np.asarray(batch.labels), k, lr=batch.lr)
   ckpt = os.path.join(args.out, "checkpoint.npz")
-  result = loop.distill(objective, param, syn, data.train_x, data.train_y, spec.num_classes, k_loop,
-                        loop_cfg, evaluator=evaluator, checkpoint_path=ckpt, resume=args.resume,
-                        progress=not args.quiet, mesh=mesh,
-                        deadline=None if args.time_budget is None else start_monotonic + args.time_budget)
+  stream = os.path.join(args.out, "metrics.jsonl") if io.is_writer() else None  # process 0 writes files
+  try:
+    result = loop.distill(objective, param, syn, data.train_x, data.train_y, spec.num_classes, k_loop,
+                          loop_cfg, evaluator=evaluator, checkpoint_path=ckpt, resume=args.resume,
+                          progress=not args.quiet, mesh=mesh, metrics_path=stream,
+                          deadline=None if args.time_budget is None else start_monotonic + args.time_budget)
+  except loop.Interrupted as e:  # Ctrl-C: the checkpoint is written; say how to continue
+    e.resume_command = cli.resume_command("experiments.distill", argv)
+    raise
   if not result.complete:
     done = len(result.losses)
     status = {"complete": False, "method": args.method, "ipc": args.ipc, "image_updates_done": done,
@@ -254,7 +270,8 @@ def main(argv=None) -> dict:
   metadata = {"method": args.method, "dataset": args.dataset, "ipc": args.ipc, "seed": args.seed,
               "kind": "distilled", "init": init, "parameterisation": param.name,
               "storage_floats": int(param.storage(result.state.syn)), "objective_config": dataclasses.asdict(obj_cfg),
-              "loop_config": dataclasses.asdict(loop_cfg), "resumed_from": result.start_iteration,
+              "loop_config": dataclasses.asdict(loop_cfg), "resumed_from": result.start_iteration // per_iteration,
+              "resumed_from_image_update": result.start_iteration,
               "preset": getattr(args, "preset", None), "preset_sources": getattr(args, "preset_sources", {})}
   metrics = {**common.eval_metrics(args, final), "iterations": iterations, "image_updates": loop_cfg.iterations,
              "image_updates_per_iteration": per_iteration,
@@ -393,4 +410,4 @@ _generative.install(sys.modules[__name__])
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

@@ -5,14 +5,18 @@ synthetic set, ``jax.value_and_grad`` of the objective w.r.t. the learnable para
 (SGD momentum 0.5 by default, as in DC/DSA/DM), the parameterisation's ``project`` (if any, e.g. LD's labels
 onto the simplex), then the objective's ``update`` hook (DC's inner network training). Around it, on the
 host: the loss log, evaluation every ``eval_every`` iterations, checkpoints (``.npz`` via
-:mod:`jaxdistill.io`, no pickle) and a progress bar.
+:mod:`jaxdistill.io`, no pickle), a progress bar and, with ``metrics_path``, a JSON-lines stream of each
+iteration's loss, time and the objective's auxiliary outputs. The host waits for the device only when it
+fetches losses (every ``log_every`` iterations), so steps are dispatched back to back in between.
 
 Randomness: the key of iteration ``t`` is ``fold_in(key, t)``, so a run resumed from a checkpoint at
 iteration ``t`` with the same ``key`` continues bit-for-bit like the uninterrupted run.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import os
 import time
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional
@@ -133,8 +137,9 @@ def init_state(objective: Objective, syn: SynState, key, config: LoopConfig) -> 
 
 
 def make_step(objective: Objective, param: Parameterisation, config: LoopConfig, index, num_classes: int,
-              mesh=None):
-  """The jitted step ``(state, key, real_x) -> (state, loss)``.
+              mesh=None, with_aux: bool = False):
+  """The jitted step ``(state, key, real_x) -> (state, loss)`` (``with_aux``: ``(state, loss, aux)``, ``aux``
+  the objective's auxiliary outputs of that step's loss).
 
   ``real_x [N, H, W, C]`` is passed as an argument (not baked into the program); ``index`` is the
   :class:`~jaxdistill.data.ClassIndex` of the real labels. With a ``mesh`` (:mod:`jaxdistill.sharding`) the
@@ -164,7 +169,7 @@ def make_step(objective: Objective, param: Parameterisation, config: LoopConfig,
         return objective.loss(state.obj_state, syn, real, k_loss, data)
       return objective.loss(state.obj_state, syn, real, k_loss)
 
-    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.syn.params)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.syn.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.syn.params)
     params = optax.apply_updates(state.syn.params, updates)
     syn = state.syn._replace(params=params if param.project is None else param.project(params))
@@ -172,14 +177,16 @@ def make_step(objective: Objective, param: Parameterisation, config: LoopConfig,
     if objective.update is not None and objective.host_update is None:
       extra = (data,) if with_data else ()
       obj_state = objective.update(obj_state, render(syn), k_upd, *extra)
-    return LoopState(syn, opt_state, obj_state, state.step + 1), loss
+    return LoopState(syn, opt_state, obj_state, state.step + 1), loss, aux
 
   jitted = jax.jit(step)
   data = objective.data
   if mesh is not None:  # global copies, so the same code runs with several processes (jax.distributed)
     index, data = sharding.replicate((index, data), mesh)
   if objective.host_update is None:
-    return lambda state, key, real_x: jitted(state, key, real_x, index, data)
+    if with_aux:
+      return lambda state, key, real_x: jitted(state, key, real_x, index, data)
+    return lambda state, key, real_x: jitted(state, key, real_x, index, data)[:2]
 
   @jax.jit
   def update_inputs(syn, key, step):
@@ -189,12 +196,59 @@ def make_step(objective: Objective, param: Parameterisation, config: LoopConfig,
     return batch, jax.random.split(k, 3)[2]
 
   def run(state, key, real_x):
-    new, loss = jitted(state, key, real_x, index, data)
+    new, loss, aux = jitted(state, key, real_x, index, data)
     batch, k_upd = update_inputs(new.syn, key, state.step)
     extra = (data,) if with_data else ()
-    return new._replace(obj_state=objective.host_update(new.obj_state, batch, k_upd, *extra)), loss
+    new = new._replace(obj_state=objective.host_update(new.obj_state, batch, k_upd, *extra))
+    return (new, loss, aux) if with_aux else (new, loss)
 
   return run
+
+
+class Interrupted(KeyboardInterrupt):
+  """Ctrl-C during :func:`distill`: the loop wrote its checkpoint first. ``checkpoint`` is its path (None when
+  the run has none or the interrupt left no consistent state to write), ``iteration`` / ``total`` the image
+  updates done / asked; a CLI may set ``resume_command`` (the line that continues the run)."""
+
+  def __init__(self, checkpoint: Optional[str], iteration: int, total: int):
+    super().__init__(f"interrupted at image update {iteration} of {total}")
+    self.checkpoint, self.iteration, self.total = checkpoint, iteration, total
+    self.resume_command: Optional[str] = None
+
+
+def _timing(meta: Optional[Mapping[str, Any]]):
+  """``(timed iterations, their seconds)`` recorded in a checkpoint's metadata (0, 0.0 if absent), so the
+  seconds per iteration of a resumed run include the earlier chunks."""
+  meta = meta or {}
+  return int(meta.get("timed_iterations", 0)), float(meta.get("timed_seconds", 0.0))
+
+
+def _save_interrupted(path: Optional[str], state: LoopState, key, losses: List[float], pending, metadata):
+  """The checkpoint written on Ctrl-C: ``state`` with exactly its ``state.step`` losses (those fetched, then the
+  pending ones; the newest may belong to a step whose state was not stored yet and is dropped). Returns the
+  path, or None without a path (or, defensively, when fewer losses than steps are known)."""
+  if not path:
+    return None
+  step = int(np.asarray(state.step))
+  kept = list(losses)
+  if len(kept) < step and pending:
+    kept += [float(v) for v in np.asarray(jax.device_get([v for v, _ in pending])).reshape(-1)]
+  if len(kept) < step:
+    return None
+  save_checkpoint(path, state, key, kept[:step], metadata)
+  return path
+
+
+@contextlib.contextmanager
+def _checkpoint_on_interrupt(save: Callable[[], Optional[str]], done: Callable[[], int], total: int):
+  """Turns Ctrl-C inside the block into :class:`Interrupted` after ``save()`` wrote the checkpoint."""
+  try:
+    yield
+  except Interrupted:
+    raise
+  except KeyboardInterrupt as e:
+    path = save()
+    raise Interrupted(path, done(), total) from e
 
 
 def _key_data(key) -> np.ndarray:
@@ -223,14 +277,19 @@ def load_checkpoint(path: str, template: LoopState, key):
     ``(state, losses, metadata)``.
 
   Raises:
-    ValueError: the file's leaves do not match ``template`` (another method/config) or it was written with
-      a different key.
+    ValueError: the file is missing, truncated or not a checkpoint, its leaves do not match ``template``
+      (another method/config) or it was written with a different key; the message names the file.
   """
   arrays, meta = io.load_npz(path)
   leaves, treedef = jax.tree_util.tree_flatten(template)
+  if "checkpoint_version" not in meta:
+    raise ValueError(f"{path!r} is not a jaxdistill checkpoint (no checkpoint_version in its metadata).")
   if meta.get("num_leaves") != len(leaves):
     raise ValueError(f"checkpoint {path!r} has {meta.get('num_leaves')} arrays, the current configuration "
                      f"needs {len(leaves)}; was it written by another method or configuration?")
+  missing = [k for k in ("key", "losses", *(f"leaf_{i:05d}" for i in range(len(leaves)))) if k not in arrays]
+  if missing:
+    raise ValueError(f"checkpoint {path!r} is incomplete: it lacks {missing[:3]}; delete it to start afresh.")
   if not np.array_equal(arrays["key"], _key_data(key)):
     raise ValueError(f"checkpoint {path!r} was written with a different key (seed); resume with the same "
                      "seed.")
@@ -268,11 +327,44 @@ def make_evaluator(test_images, test_labels, num_classes: int, arch: str = "conv
   return evaluator
 
 
+def _jsonable(value):
+  """An auxiliary output (array / scalar / nested dict or sequence of them) as JSON-ready Python values."""
+  if isinstance(value, Mapping):
+    return {str(k): _jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  a = np.asarray(value)
+  if a.dtype.kind in "biuf":
+    return a.item() if a.ndim == 0 else a.tolist()
+  return str(value)
+
+
+def _start_metrics(path: str, start: int) -> None:
+  """Prepares the JSON-lines metrics file: a fresh run (``start == 0``) starts it empty; a resumed run keeps the
+  lines of iterations ``<= start`` (later ones belong to steps the checkpoint does not hold)."""
+  kept = []
+  if start > 0 and os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          if int(json.loads(line)["iteration"]) <= start:
+            kept.append(line if line.endswith("\n") else line + "\n")
+        except (ValueError, KeyError, TypeError):
+          continue  # a line cut short by an interrupted write
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
+
+
 def distill(objective: Objective, param: Parameterisation, syn: SynState, real_images, real_labels,
             num_classes: int, key, config: LoopConfig, *, evaluator: Optional[Callable] = None,
             checkpoint_path: Optional[str] = None, resume: bool = False, progress: bool = True,
             log: Optional[Callable[[int, float], None]] = None, mesh=None,
-            deadline: Optional[float] = None) -> DistillResult:
+            deadline: Optional[float] = None, metrics_path: Optional[str] = None,
+            log_every: int = 10) -> DistillResult:
   """Runs ``config.iterations`` image updates of ``syn`` under ``objective``.
 
   Args:
@@ -290,10 +382,24 @@ def distill(objective: Objective, param: Parameterisation, syn: SynState, real_i
     deadline: optional ``time.monotonic()`` value: once an iteration ends past it, the loop writes the
       checkpoint and returns with ``complete=False`` (at least one iteration runs), so long runs can be done in
       chunks of bounded wall time (``--time-budget`` of the CLIs, ``experiments.full``).
+    metrics_path: optional JSON-lines file, one line per iteration written as the run goes (every
+      ``log_every`` iterations): ``{"iteration", "loss", "seconds", **aux}`` — ``seconds`` is the wall time since
+      this call started when the iteration's values reached the host (shared by the iterations fetched
+      together), ``aux`` the objective's auxiliary outputs (e.g. DM's ``per_class`` distances, KIP's
+      ``accuracy``). A fresh run starts the file empty; a resumed one keeps its lines up to the checkpoint.
+    log_every: fetch losses (and sync with the device, and time the steps) every this many iterations.
 
   Returns:
-    A :class:`DistillResult`.
+    A :class:`DistillResult`; ``seconds_per_iteration`` is measured between these syncs, from the end of the
+    first (compiling) step of this call, evaluation and checkpoint writing excluded; after a resume the timed
+    steps of the earlier calls (kept in the checkpoint) count too, and with no timed step at all it is this
+    call's wall time per iteration.
+
+  Raises:
+    Interrupted: on Ctrl-C (``KeyboardInterrupt``), after writing the checkpoint of the last finished step.
   """
+  if not isinstance(log_every, (int, np.integer)) or log_every < 1:
+    raise ValueError(f"log_every must be an integer >= 1, got {log_every!r}.")
   config.validate()
   real_labels = np.asarray(real_labels)
   index = class_index(real_labels, num_classes)
@@ -301,60 +407,102 @@ def distill(objective: Objective, param: Parameterisation, syn: SynState, real_i
   real_x = jnp.asarray(real_images, jnp.float32)
   state = init_state(objective, syn, key, config)
   losses: List[float] = []
+  resumed = {}
   if resume and checkpoint_path and os.path.exists(checkpoint_path):
-    state, losses, _ = load_checkpoint(checkpoint_path, state, key)
+    state, losses, resumed = load_checkpoint(checkpoint_path, state, key)
     losses = losses[:int(state.step)]
   start = int(state.step)
   if mesh is not None:
     state, real_x = sharding.replicate((state, real_x), mesh)
-  step = make_step(objective, param, config, index, num_classes, mesh=mesh)
+  step = make_step(objective, param, config, index, num_classes, mesh=mesh, with_aux=True)
   step_key = key if mesh is None else sharding.replicate(key, mesh)
   eval_key = jax.random.fold_in(key, 2 ** 31 - 2)
   evals = []
   pending = []
-  timed, timed_seconds = 0, 0.0
+  timed, timed_seconds = _timing(resumed)
   complete = True
+  t_begin = time.perf_counter()
+  sync = {"time": None, "steps": 0}  # the last host-device sync after compilation, steps dispatched since
+  if metrics_path:
+    _start_metrics(metrics_path, start)
+
+  def synced():
+    """Books the steps run since the last sync (their device time included) and restarts the clock."""
+    nonlocal timed, timed_seconds
+    now = time.perf_counter()
+    if sync["time"] is not None:
+      timed += sync["steps"]
+      timed_seconds += now - sync["time"]
+    sync["time"], sync["steps"] = now, 0
+
+  def restart_clock():
+    """Evaluation and checkpoint writing are not timed."""
+    if sync["time"] is not None:
+      sync["time"] = time.perf_counter()
 
   def flush():
-    vals = np.asarray(jax.device_get(jnp.stack(pending))) if pending else []
-    for v in vals:
-      losses.append(float(v))
-      if log is not None:
-        log(len(losses), float(v))
+    if not pending:
+      return
+    vals, auxs = jax.device_get((jnp.stack([v for v, _ in pending]), [a for _, a in pending]))
+    synced()
+    vals = np.asarray(vals)
+    first = len(losses) + 1
+    fetched = [float(v) for v in vals]
+    losses.extend(fetched)  # one call: an interrupt never leaves part of a fetch in `losses`
     pending.clear()
+    if log is not None:
+      for i, v in enumerate(fetched):
+        log(first + i, v)
+    if metrics_path:
+      seconds = time.perf_counter() - t_begin
+      with open(metrics_path, "a") as f:
+        for i, (v, aux) in enumerate(zip(vals, auxs)):
+          row = {"iteration": first + i, "loss": float(v), "seconds": round(seconds, 4)}
+          row.update(_jsonable(aux) if isinstance(aux, Mapping) else {"aux": _jsonable(aux)})
+          f.write(json.dumps(row) + "\n")
     if len(vals) and not np.isfinite(vals[-1]):
       raise FloatingPointError(f"distillation loss became non-finite at iteration {len(losses)}.")
 
+  def save_interrupted():
+    return _save_interrupted(checkpoint_path, state, key, losses, pending,
+                             {"timed_iterations": timed, "timed_seconds": timed_seconds})
+
   with progress_bar(total=config.iterations, desc=f"distill {objective.name}", disable=not progress,
-                    unit="it", initial=start) as bar:
+                    unit="it", initial=start) as bar, \
+      _checkpoint_on_interrupt(save_interrupted, lambda: int(np.asarray(state.step)), config.iterations):
     for it in range(start, config.iterations):
-      t0 = time.perf_counter()
-      state, loss = step(state, step_key, real_x)
-      pending.append(loss)
+      new_state, loss, aux = step(state, step_key, real_x)
+      pending.append((loss, aux))
+      state = new_state  # after the append: an interrupt never leaves a state without its loss
       done = it + 1
-      if it > start:  # the first step of this process includes compilation
+      if it == start:  # the first step of this call includes compilation: wait for it, then start the clock
         jax.block_until_ready(loss)
-        timed += 1
-        timed_seconds += time.perf_counter() - t0
+        sync["time"] = time.perf_counter()
       else:
-        jax.block_until_ready(loss)
-      if done % 10 == 0 or done == config.iterations:
+        sync["steps"] += 1
+      if done % log_every == 0 or done == config.iterations:
         flush()
         bar.set_postfix(loss=f"{losses[-1]:.4g}")
       bar.update(1)
       if config.eval_every and evaluator is not None and done % config.eval_every == 0:
+        flush()
         result = evaluator(param.render(state.syn), jax.random.fold_in(eval_key, done))
         evals.append((done, result))
         bar.write(f"iteration {done}: {result}")
+        restart_clock()
       if checkpoint_path and config.checkpoint_every and done % config.checkpoint_every == 0 \
           and done != config.iterations:
         flush()
-        save_checkpoint(checkpoint_path, state, key, losses)
+        save_checkpoint(checkpoint_path, state, key, losses,
+                        {"timed_iterations": timed, "timed_seconds": timed_seconds})
+        restart_clock()
       if deadline is not None and done < config.iterations and time.monotonic() >= deadline:
         complete = False
         break
   flush()
   if checkpoint_path:
-    save_checkpoint(checkpoint_path, state, key, losses)
-  spi = timed_seconds / timed if timed else float("nan")
+    save_checkpoint(checkpoint_path, state, key, losses, {"timed_iterations": timed, "timed_seconds": timed_seconds})
+  ran = len(losses) - start
+  # No step timed yet (a run of one iteration): the whole call per iteration, compilation included.
+  spi = timed_seconds / timed if timed else ((time.perf_counter() - t_begin) / ran if ran > 0 else float("nan"))
   return DistillResult(state, np.asarray(losses, np.float64), evals, spi, start, complete)

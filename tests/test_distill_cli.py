@@ -41,7 +41,10 @@ def test_cli_resume_continues_and_config_file(tmp_path):
   cfg.write_text(json.dumps({"outer_loop": 2, "inner_loop": 1, "momentum": 0.5}))
   distill.main(_args(out, "dc", 2, "--config", str(cfg)))
   metrics = distill.main(_args(out, "dc", 4, "--config", str(cfg), "--resume"))
-  assert metrics["resumed_from"] == 2 and len(metrics["loss_curve"]) == 4
+  # DC counts outer iterations (2 image updates each here): resumed after 2 iterations = 4 image updates; the loss
+  # curve has one entry per image update.
+  assert metrics["resumed_from"] == 2 and metrics["resumed_from_image_update"] == 4
+  assert len(metrics["loss_curve"]) == 8 and metrics["image_updates"] == 8
   assert metrics["objective_config"]["outer_loop"] == 2
 
 

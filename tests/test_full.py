@@ -92,7 +92,7 @@ def test_full_runs_in_chunks_without_tensorflow(tmp_path):
   assert status["complete"], proc.stdout[-2000:]
   assert [j["state"] for j in status["jobs"]] == ["done", "done", "done"]
   dm = json.loads((out / "dm_ipc1" / "metrics.json").read_text())
-  assert dm["resumed_from"] == progress["image_updates_done"] and len(dm["loss_curve"]) == 400
+  assert dm["resumed_from_image_update"] == progress["image_updates_done"] and len(dm["loss_curve"]) == 400
   assert dm["preset"] == "paper" and dm["eval_dsa"] is True
   mtt = json.loads((out / "mtt_ipc1" / "metrics.json").read_text())
   assert mtt["eval_learned_lr"] is True
