@@ -396,7 +396,7 @@ def test_concurrent_run_refused_then_ctrl_c_checkpoints_and_resume_reports_time(
     line = _error_line(second.stderr)
     assert second.returncode == 1 and f"in use by another run (pid {first.pid} " in line, line
     first.send_signal(signal.SIGINT)
-    _, err = first.communicate(timeout=120)
+    _, err = first.communicate(timeout=600)
   finally:
     if first.poll() is None:
       first.kill()
