@@ -143,7 +143,11 @@ def render(results: List[Dict]) -> str:
            "*published* column is the paper's full-protocol figure, shown for orientation, not as a like-for-like "
            "comparison. The random-subset column is measured under the same evaluation as the row; the "
            "whole-data column is the upper bound of the foundation benchmark (its protocol is stated there). "
-           "Timings taken while other jobs shared the CPU record the load average.", "",
+           "Timings taken while other jobs shared the CPU record the load average. **Rows finished before "
+           "2026-12-05 predate the evaluation fixes of that day** (the reference `evaluate_synset` schedule: E + 1 "
+           "epochs, decay after epoch E/2 + 1 with a momentum reset; per-method label rules) and the re-preparation "
+           "of Fashion-MNIST in file order; they describe the older code until re-measured (each section gives its "
+           "finish date).", "",
            "## Summary", "", summary_table(results)]
   for res in results:
     parts += ["", section(res)]
