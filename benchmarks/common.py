@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import os
 import platform
-import resource
-import sys
 from typing import Any, Dict, NamedTuple, Optional
 
 import jax
 import numpy as np
 
+from experiments import common as experiment_common
 from jaxdistill import loop
 from jaxdistill.augment import default_params
 from jaxdistill.data import load
@@ -79,12 +78,6 @@ def make_evaluator(data: Data, quick: bool, method: Optional[str] = None, **rule
                              method=method, **rule)
 
 
-def peak_memory_mb() -> float:
-  """Peak resident memory of this process so far (MiB)."""
-  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0
-
-
 def machine() -> str:
   """What the numbers were measured on, e.g. ``cpu x1 (2 cores, x86_64), jax 0.5.3``."""
   d = jax.devices()
@@ -113,7 +106,7 @@ def row(benchmark: str, method: str, ipc: Optional[int], *, result=None, seconds
          "test_accuracy_mean": None if result is None else float(result.mean),
          "test_accuracy_std": None if result is None else float(result.std),
          "eval_seconds": None if result is None else float(result.seconds),
-         "seconds_per_iteration": seconds_per_iteration, "peak_memory_mb": peak_memory_mb(),
+         "seconds_per_iteration": seconds_per_iteration, "peak_memory_mb": experiment_common.peak_memory_mb(),
          "protocol": protocol, "published": published, "machine": machine(), "load_average": load_average()}
   out.update(extra)
   return out

@@ -528,6 +528,19 @@ def test_runs_print_no_tensorflow_or_cuda_lines(tmp_path, backend):
   assert not NOISE.search(proc.stderr), proc.stderr
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="VmHWM is Linux's")
+def test_peak_memory_is_the_process_own_not_its_parents():
+  """A command started from a large parent (here ~1.5 GB resident) reports its own peak: Linux carries
+  ``ru_maxrss`` across ``execve``, which made the memory test read the pytest session's 4.4 GB in CI."""
+  ballast = np.ones(1_500_000_000 // 8)
+  ballast += 1.0  # touch every page
+  script = "from experiments import common; print(common.peak_memory_mb())"
+  proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=_env(), capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 0 < float(proc.stdout.split()[-1]) < 1000 < common.peak_memory_mb(), (proc.stdout, ballast[0])
+
+
 @pytest.mark.slow
 def test_dm_ipc10_peak_memory_within_2_5_gb(tmp_path):
   """The DM IPC 10 run of `make run` (ConvNet-128 embedding, 64 real images per class, 3 ConvNet-128 evaluation
