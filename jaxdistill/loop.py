@@ -32,7 +32,8 @@ from jaxdistill.objectives.base import Objective, RealBatch
 from jaxdistill.progress import progress_bar
 from jaxdistill.synthetic.base import Parameterisation, SynState
 
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "lamb")
+LR_SCHEDULES = ("constant", "cosine")
 CHECKPOINT_VERSION = 1
 
 
@@ -44,7 +45,9 @@ class LoopConfig:
     iterations: image updates (DC/DSA 1000, DM 20 000).
     real_per_class: real images per class per iteration (256 in DC/DSA/DM).
     lr_img: image learning rate (DC/DSA 0.1, DM 1.0).
-    optimizer: ``"sgd"`` (with ``momentum``, 0.5 in the papers) or ``"adam"``.
+    optimizer: ``"sgd"`` (with ``momentum``, 0.5 in the papers), ``"adam"`` or ``"lamb"`` (FRePo).
+    lr_schedule: ``"constant"`` or ``"cosine"`` (the learning rates decay to 0 over ``iterations`` image
+      updates with ``optax.cosine_decay_schedule``, as FRePo's image optimiser).
     eval_every: evaluate every this many iterations (0: only when the caller evaluates at the end).
     checkpoint_every: write the checkpoint every this many iterations (0: only at the end).
     param_lrs: optional ``{name: lr}`` for top-level entries of the synthetic ``params`` that need their own
@@ -55,6 +58,7 @@ class LoopConfig:
   real_per_class: int = 256
   lr_img: float = 0.1
   optimizer: str = "sgd"
+  lr_schedule: str = "constant"
   momentum: float = 0.5
   eval_every: int = 0
   checkpoint_every: int = 0
@@ -63,6 +67,8 @@ class LoopConfig:
   def validate(self):
     if self.optimizer not in OPTIMIZERS:
       raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}.")
+    if self.lr_schedule not in LR_SCHEDULES:
+      raise ValueError(f"lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}.")
     for name in ("iterations", "real_per_class"):
       v = getattr(self, name)
       if not isinstance(v, (int, np.integer)) or v < 1:
@@ -82,15 +88,21 @@ class LoopConfig:
 
 
 def make_optimizer(config: LoopConfig) -> optax.GradientTransformation:
-  """The image optimiser: ``optax.sgd(lr_img, momentum)`` (PyTorch-style momentum) or ``optax.adam``.
+  """The image optimiser: ``optax.sgd(lr_img, momentum)`` (PyTorch-style momentum), ``optax.adam`` or
+  ``optax.lamb``, each at a constant rate or on a cosine decay to 0 over ``config.iterations``
+  (``config.lr_schedule``).
 
   With ``config.param_lrs`` (``{name: lr}``), ``optax.multi_transform`` gives each named top-level entry of
   the ``params`` dict the same kind of optimiser with its own learning rate (MTT's α: SGD lr_lr, momentum 0.5)
   and everything else ``lr_img``.
   """
   def make(lr):
+    if config.lr_schedule == "cosine":
+      lr = optax.cosine_decay_schedule(float(lr), int(config.iterations))
     if config.optimizer == "sgd":
       return optax.sgd(lr, momentum=config.momentum or None)
+    if config.optimizer == "lamb":
+      return optax.lamb(lr)
     return optax.adam(lr)
 
   param_lrs = dict(config.param_lrs or {})

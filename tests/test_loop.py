@@ -154,3 +154,27 @@ def test_method_beats_its_initialisation_and_a_random_subset(real_problem, metho
   print(f"{method}: init {before:.3f} -> distilled {after:.3f}; random subset {random_acc:.3f}")
   assert after > before + 0.02
   assert after > random_acc + 0.02
+
+
+def test_cosine_schedule_and_lamb_image_optimiser():
+  """``lr_schedule="cosine"``: plain SGD's update at step t is ``-lr·½(1+cos(πt/T))·g`` (FRePo's schedule);
+  LAMB builds and moves the parameters; an unknown schedule is a ValueError naming the field."""
+  import math
+
+  import optax as _optax
+
+  cfg = loop.LoopConfig(iterations=8, lr_img=0.5, momentum=0.0, lr_schedule="cosine").validate()
+  tx = loop.make_optimizer(cfg)
+  params = {"images": jnp.ones((3,))}
+  state = tx.init(params)
+  g = {"images": jnp.asarray([1.0, -2.0, 0.5])}
+  for t in range(8):
+    upd, state = tx.update(g, state, params)
+    want = -0.5 * 0.5 * (1 + math.cos(math.pi * t / 8)) * g["images"]
+    np.testing.assert_allclose(upd["images"], want, rtol=1e-5, atol=1e-7)
+  lamb = loop.make_optimizer(loop.LoopConfig(iterations=8, lr_img=0.1, optimizer="lamb").validate())
+  upd, _ = lamb.update(g, lamb.init(params), params)
+  new = _optax.apply_updates(params, upd)
+  assert not np.allclose(new["images"], params["images"])
+  with pytest.raises(ValueError, match="lr_schedule"):
+    loop.LoopConfig(lr_schedule="linear").validate()
