@@ -61,7 +61,7 @@ def _init(method, cfg, key, data, ipc):
                                 label_start=cfg.label_start)
     return synthetic.labels_only(cfg.label_projection), syn
   return synthetic.PIXELS, synthetic.init_pixels(key, INIT, data.train_x, data.train_y, data.num_classes,
-                                                 ipc, learn_lr=cfg.inner_lr if cfg.learn_lr else None)
+                                                 ipc, learn_lr=cfg.initial_lr())
 
 
 def speed(data, ipc: int, inner_steps: int, checkpoint: bool, width: int, real_per_class: int, repeats: int):
@@ -72,7 +72,7 @@ def speed(data, ipc: int, inner_steps: int, checkpoint: bool, width: int, real_p
                                   checkpoint=checkpoint, batch_per_class=1)
   obj = objectives.make_objective("dd", cfg, num_classes=nc, image_shape=data.train_x.shape[1:], ipc=ipc)
   key = jax.random.PRNGKey(0)
-  syn = synthetic.init_pixels(key, "real", data.train_x, data.train_y, nc, ipc, learn_lr=cfg.inner_lr)
+  syn = synthetic.init_pixels(key, "real", data.train_x, data.train_y, nc, ipc, learn_lr=cfg.initial_lr())
   lc = loop.LoopConfig(iterations=1, real_per_class=real_per_class, lr_img=0.01, optimizer="adam")
   index = class_index(data.train_y, nc)
   step = loop.make_step(obj, synthetic.PIXELS, lc, index, nc)

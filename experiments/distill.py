@@ -251,6 +251,8 @@ def main(argv=None) -> dict:
   except loop.Interrupted as e:  # Ctrl-C: the checkpoint is written; say how to continue
     e.resume_command = cli.resume_command("experiments.distill", argv)
     raise
+  if getattr(args, "x64_for_solve", False):  # KIP / RFAD's float64 solve: evaluation runs in float32
+    jax.config.update("jax_enable_x64", False)
   if not result.complete:
     done = len(result.losses)
     status = {"complete": False, "method": args.method, "ipc": args.ipc, "image_updates_done": done,
@@ -285,7 +287,12 @@ def main(argv=None) -> dict:
   if args.method in OUTPUT_HOOKS:
     extra, more = OUTPUT_HOOKS[args.method](args, param, result.state.syn)
     metadata.update(more)
-  payload = common.write_outputs(args.out, data, batch.images, batch.labels, metrics, metadata, lr=batch.lr,
+  saved_lr = batch.lr
+  if saved_lr is not None and hasattr(obj_cfg, "lr_param"):  # DD: store the rates alpha_t, not their raw values
+    from jaxdistill.objectives import bptt
+    saved_lr = bptt.step_sizes(saved_lr, obj_cfg.inner_lr, obj_cfg.inner_steps, lr_param=obj_cfg.lr_param)
+    metadata["lr_note"] = f"lr holds the {obj_cfg.inner_steps} learned inner step sizes alpha_t"
+  payload = common.write_outputs(args.out, data, batch.images, batch.labels, metrics, metadata, lr=saved_lr,
                                  extra=extra)
   print(f"{args.method} ipc={args.ipc} iterations={iterations} ({loop_cfg.iterations} image updates): {final}  "
         f"({result.seconds_per_iteration * per_iteration:.3f} s/it) -> {args.out}")
@@ -368,12 +375,45 @@ def build_kernel(args, data, obj_cfg, init, key):
                       name=args.method, **kwargs)
   syn = synthetic.init_pixels(key, init, data.train_x, data.train_y, spec.num_classes, args.ipc,
                               learn_labels=obj_cfg.learn_labels, label_scale=obj_cfg.label_scale)
+  if args.method == "frepo":  # FRePo's centred (and for K != 10 scaled) initial labels
+    syn = objectives.frepo.centre_labels(syn, spec.num_classes, obj_cfg.label_scale)
+  if args.method in ("kip", "rfad"):
+    syn = _kernel_labels_and_precision(args, data, obj_cfg, syn, zca)
   return objective, synthetic.PIXELS, syn
+
+
+def _kernel_labels_and_precision(args, data, obj_cfg, syn, zca):
+  """KIP / RFAD: learned labels start centred (``label_scale · (one_hot − 1/C)``, KIP.ipynb / RFAD's code) when
+  ``centre_labels``; ``dtype="float64"`` turns on ``jax_enable_x64`` for the distillation only (the images and
+  data stay float32; :func:`main` turns it off before evaluation); KIP's KRR test accuracy is written to
+  ``metrics.json`` (``krr_test_accuracy``) by an output hook."""
+  if obj_cfg.centre_labels and "labels" in syn.params:
+    labels = syn.params["labels"] - obj_cfg.label_scale / data.spec.num_classes
+    syn = syn._replace(params={**syn.params, "labels": labels})
+  if obj_cfg.dtype == "float64" and not jax.config.jax_enable_x64:
+    jax.config.update("jax_enable_x64", True)
+    args.x64_for_solve = True
+  args.kernel_eval = (data, obj_cfg, zca)
+  return syn
+
+
+def _kip_output(args, param, syn_state):
+  """KIP's own evaluation beside the finite networks: KRR test accuracy with its kernel (``metrics.json``)."""
+  data, obj_cfg, zca = args.kernel_eval
+  batch = param.render(syn_state)
+  acc = objectives.kip.krr_test_accuracy(obj_cfg, np.asarray(batch.images, np.float32), np.asarray(batch.labels),
+                                         data.test_x, data.test_y, data.spec.num_classes, zca=zca)
+  print(f"kip ipc={args.ipc}: KRR test accuracy {acc:.4f}")
+  return None, {"krr_test_accuracy": float(acc)}
+
+
+OUTPUT_HOOKS["kip"] = _kip_output
 
 
 for _name in ("kip", "rfad", "frepo"):
   BUILDERS[_name] = build_kernel
   LOOP_DEFAULTS[_name] = {"optimizer": "adam"}
+LOOP_DEFAULTS["frepo"] = {"optimizer": "lamb", "lr_schedule": "cosine"}  # FRePo's code: LAMB, cosine decay
 
 
 def build_bptt(args, data, obj_cfg, init, key):
@@ -386,7 +426,7 @@ def build_bptt(args, data, obj_cfg, init, key):
   spec = data.spec
   objective = objectives.make_objective(args.method, obj_cfg, num_classes=spec.num_classes,
                                         image_shape=spec.image_shape, ipc=args.ipc)
-  lr = obj_cfg.inner_lr if obj_cfg.learn_lr else None
+  lr = obj_cfg.initial_lr()  # DD: T raw rates, alpha_t = softplus(raw_t) (None when alpha is not learned)
   if args.method == "ld":
     syn = synthetic.init_labels(key, init, data.train_x, data.train_y, spec.num_classes, args.ipc,
                                 label_scale=obj_cfg.label_scale, label_start=obj_cfg.label_start, learn_lr=lr)

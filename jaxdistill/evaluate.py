@@ -348,6 +348,10 @@ def evaluate(images, labels, arch: str = "convnet", key=None, num_models: int = 
     raise ValueError(f"num_models must be >= 1, got {num_models}.")
   if label_rule not in LABEL_RULES:
     raise ValueError(f"label_rule must be one of {list(LABEL_RULES)}, got {label_rule!r}.")
+  if lr is not None and np.ndim(lr) != 0:
+    raise ValueError(f"lr must be a scalar learning rate, got shape {np.shape(lr)}: per-step rates (DD's [T] "
+                     "learned alphas) train by their own unroll, jaxdistill.objectives.bptt.unrolled_accuracy; "
+                     "evaluate without the learned lr (--no-eval-learned-lr).")
   config = dataclasses.replace(config or EvalConfig(), epochs=int(epochs), loss=label_rule).validate()
   num_classes = int(num_classes or int(np.max(np.asarray(test_labels))) + 1)
   images, labels = np.asarray(images, np.float32), np.asarray(labels)

@@ -332,7 +332,8 @@ def make_evaluator(test_images, test_labels, num_classes: int, arch: str = "conv
   rule = label_rule or proto.labels
 
   def evaluator(batch, key):
-    lr = float(batch.lr) if (use_lr and batch.lr is not None) else None
+    lr = batch.lr if (use_lr and batch.lr is not None) else None
+    lr = float(lr) if lr is not None and np.ndim(lr) == 0 else lr  # a [T] vector: evaluate() says why not
     return evaluate(np.asarray(batch.images), np.asarray(batch.labels), arch, key, num_models, epochs,
                     test_images=test_images, test_labels=test_labels, num_classes=num_classes, dsa=dsa,
                     lr=lr, model_kwargs=model_kwargs, progress=progress, mesh=mesh, label_rule=rule)

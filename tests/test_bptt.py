@@ -20,6 +20,7 @@ def _config(**kw):
   kw.setdefault("depth", 1)
   kw.setdefault("inner_steps", 4)
   kw.setdefault("scan_unroll", 1)
+  kw.setdefault("lr_param", "identity")  # these tests pass alpha itself; the softplus tests set it
   return bptt.BPTTConfig(**kw)
 
 
@@ -230,7 +231,9 @@ def test_cli_dd_and_ld(tmp_path, method):
   assert syn["labels"].min() >= 0.0
   if method == "dd":
     assert payload["parameterisation"] == "pixels" and syn["lr"] is not None
-    assert float(syn["lr"]) != pytest.approx(0.02, abs=1e-9)  # the inner lr was learned
+    # the T = 2 per-step rates alpha_t (stored as rates, not raw values) were learned, each its own
+    assert syn["lr"].shape == (2,) and np.all(syn["lr"] > 0) and syn["lr"][0] != syn["lr"][1]
+    assert not np.allclose(syn["lr"], 0.02, atol=1e-9) and "alpha_t" in payload["lr_note"]
   else:
     assert payload["parameterisation"] == "labels_only" and syn["lr"] is None
     assert not np.allclose(syn["labels"], 0.1)
@@ -252,3 +255,64 @@ def test_dd_beats_its_initialisation_on_fashion_mnist(fmnist_train, fmnist_test)
   after = bptt.unrolled_accuracy(cfg, synthetic.PIXELS.render(out.state.syn), eval_key, test_x, test_y, 10, 4)
   assert np.mean(out.losses[-5:]) < np.mean(out.losses[:5])
   assert after.mean() > before.mean() + 0.15, (before, after)
+
+
+def test_dd_per_step_softplus_rates_are_the_reference_unroll():
+  """DD's code learns one raw value per inner step, ``α_t = softplus(raw_t)``, initialised to
+  ``log(expm1(inner_lr))``: the default config stores ``[T]`` raw values whose softplus is ``inner_lr``, and the
+  unroll with distinct raw rates equals the explicit SGD loop run with ``softplus(raw_t)`` at step ``t``."""
+  default = objectives.default_config("dd")
+  assert default.lr_param == "softplus" and default.lr_per_step
+  raw0 = default.initial_lr()
+  assert raw0.shape == (default.inner_steps,)
+  np.testing.assert_allclose(np.log1p(np.exp(raw0)), default.inner_lr, rtol=1e-6)
+  assert objectives.default_config("dd", lr_per_step=False).initial_lr().shape == ()
+  assert objectives.default_config("ld").initial_lr() is None  # LD does not learn alpha
+
+  config = _config(lr_param="softplus", inner_steps=3, batch_per_class=1)
+  raw = jnp.asarray([-3.0, -1.0, 0.5], jnp.float32)
+  alphas = np.log1p(np.exp(np.asarray(raw, np.float64)))
+  np.testing.assert_allclose(bptt.step_sizes(raw, 0.02, 3, lr_param="softplus"), alphas, rtol=1e-6)
+  syn_x, soft, _ = _data()
+  key = jax.random.PRNGKey(7)
+  variables, _ = bptt.make_inner_trainer(config, num_classes=NC, image_shape=SHAPE).train(syn_x, soft, raw, key)
+  # The reference loop with a per-step rate: run it one step at a time (its lr is a scalar per call).
+  model = models.get_model("convnet", NC, SHAPE, width=config.width, depth=config.depth)
+  params = models.init_variables(model, key, SHAPE)["params"]
+  for t in range(3):
+    idx = np.concatenate([np.arange(c * IPC + t % IPC, c * IPC + t % IPC + 1) for c in range(NC)])
+    g = jax.grad(lambda p: training.cross_entropy(model.apply({"params": p}, syn_x[idx], train=True),
+                                                  soft[idx]))(params)
+    params = jax.tree_util.tree_map(lambda p, gi, a=float(alphas[t]): p - a * gi, params, g)
+  for a, b in zip(jax.tree_util.tree_leaves(variables["params"]), jax.tree_util.tree_leaves(params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match="lr_param"):
+    _config(lr_param="exp").validate()
+
+
+def test_dd_per_step_raw_rate_gradient_matches_finite_differences():
+  """The meta-gradient w.r.t. each raw per-step rate (through the softplus) against central differences."""
+  with enable_x64():
+    syn_x, soft, real = _data(jnp.float64)
+    obj = bptt.make_bptt(_config(lr_param="softplus", inner_steps=3, batch_per_class=1), num_classes=NC,
+                         image_shape=SHAPE, ipc=IPC)
+    key = jax.random.PRNGKey(4)
+    f = lambda raw: obj.loss({}, synthetic.SyntheticBatch(syn_x, soft, raw), real, key)[0]
+    raw = jnp.asarray([-2.0, -1.5, -1.0], jnp.float64)
+    g = jax.grad(f)(raw)
+    assert g.shape == (3,) and len(set(np.round(np.asarray(g), 12))) == 3  # each step has its own gradient
+    eps = 1e-6
+    for t in range(3):
+      e = jnp.zeros(3, jnp.float64).at[t].set(eps)
+      fd = (f(raw + e) - f(raw - e)) / (2 * eps)
+      assert abs(float(g[t])) > 1e-8
+      np.testing.assert_allclose(float(g[t]), float(fd), rtol=1e-5, atol=1e-10)
+
+
+def test_per_step_rates_are_not_a_training_lr():
+  """A ``[T]`` vector of learned rates cannot be the single lr of the standard evaluation: a clear error."""
+  images = np.zeros((2, 8, 8, 1), np.float32)
+  with pytest.raises(ValueError, match="unrolled_accuracy"):
+    from jaxdistill import evaluate
+    evaluate.evaluate(images, np.array([0, 1]), "convnet", jax.random.PRNGKey(0), 1, 1, test_images=images,
+                      test_labels=np.array([0, 1]), num_classes=2, lr=np.full((3,), 0.02, np.float32))

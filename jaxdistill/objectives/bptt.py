@@ -19,7 +19,12 @@ each step is wrapped in ``jax.checkpoint``: the backward pass stores only the ca
 and recomputes the step's activations — memory ``O(T · |θ|)`` instead of ``O(T · activations)``.
 
 The learned ``α`` is ``SyntheticBatch.lr`` (``params["lr"]`` of :func:`jaxdistill.synthetic.init_pixels` with
-``learn_lr=``): a scalar, or a vector of ``T`` per-step rates as in DD; without it ``config.inner_lr`` is used.
+``learn_lr=config.initial_lr()``), stored in the parameter space of ``config.lr_param``: as DD's code
+(SsnL/dataset-distillation ``train_distilled_image.py``) by default, one raw value per inner step with
+``α_t = softplus(raw_t)``, initialised to ``softplus⁻¹(inner_lr) = log(expm1(inner_lr))`` — positive for any raw
+value, and each step free to learn its own rate; ``lr_param="identity"`` learns ``α`` itself (a scalar when
+``lr_per_step`` is off). Without a learned ``α`` ``config.inner_lr`` is used. :func:`step_sizes` maps the
+stored values to the ``[T]`` rates.
 Learned soft labels (``params["labels"]``) are the targets of the inner cross-entropy (``label_transform``
 ``"raw"``: ``−Σ_c ỹ_c log p_c`` as in LD's code, or ``"softmax"`` of the label vector). LD is this objective
 with the images fixed (the ``labels_only`` parameterisation, :mod:`jaxdistill.synthetic.labels`).
@@ -39,6 +44,7 @@ from jaxdistill.objectives.base import Objective, RealBatch
 from jaxdistill.synthetic.labels import LABEL_PROJECTIONS, LABEL_STARTS
 
 LABEL_TRANSFORMS = ("raw", "softmax")
+LR_PARAMS = ("softplus", "identity")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +66,9 @@ class BPTTConfig:
       partial unroll trades compile time for speed; 1 = a plain rolled scan.
     label_transform: how soft labels become targets: ``"raw"`` or ``"softmax"``; hard labels are one-hot.
     learn_lr: the synthetic set carries a learnable ``α`` initialised to ``inner_lr`` (DD: yes; LD: no).
+    lr_per_step: one learned rate per inner step (``T`` of them, DD's code) instead of one scalar.
+    lr_param: how the stored value maps to ``α``: ``"softplus"`` (DD's code: ``α = softplus(raw)``, always
+      positive) or ``"identity"``.
     learn_labels: learnable soft labels (always on for LD), initialised by ``label_start`` (``"one_hot"`` or
       ``"uniform"``, the LD code's start) times ``label_scale``.
     label_projection: what the loop does to learned labels after every update (through the
@@ -82,6 +91,8 @@ class BPTTConfig:
   scan_unroll: int = 10
   label_transform: str = "raw"
   learn_lr: bool = True
+  lr_per_step: bool = True
+  lr_param: str = "softplus"
   learn_labels: bool = False
   label_start: str = "one_hot"
   label_scale: float = 1.0
@@ -94,7 +105,8 @@ class BPTTConfig:
     check_choice("label_transform", self.label_transform, LABEL_TRANSFORMS)
     check_choice("label_start", self.label_start, LABEL_STARTS)
     check_choice("label_projection", self.label_projection, LABEL_PROJECTIONS)
-    for name in ("checkpoint", "learn_lr", "learn_labels"):
+    check_choice("lr_param", self.lr_param, LR_PARAMS)
+    for name in ("checkpoint", "learn_lr", "learn_labels", "lr_per_step"):
       if not isinstance(getattr(self, name), (bool, np.bool_)):
         raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
     for name in ("width", "inner_steps", "num_models", "scan_unroll"):
@@ -123,6 +135,15 @@ class BPTTConfig:
                        f"label_transform='raw' (got {self.label_transform!r}) and label_scale=1 (got "
                        f"{self.label_scale!r}); use label_projection='none' otherwise.")
     return self
+
+  def initial_lr(self):
+    """The initial value of the learned ``α`` as stored in the synthetic set (``init_pixels(learn_lr=...)``):
+    ``[T]`` (``lr_per_step``) or a scalar, in ``lr_param``'s space (softplus: ``log(expm1(inner_lr))``);
+    None when ``learn_lr`` is off."""
+    if not self.learn_lr:
+      return None
+    value = float(np.log(np.expm1(self.inner_lr))) if self.lr_param == "softplus" else float(self.inner_lr)
+    return np.full((int(self.inner_steps),), value, np.float32) if self.lr_per_step else np.float32(value)
 
   def param_lrs(self):
     """Outer learning rates of the learned lr and labels, ``{"lr": lr_lr, "labels": lr_labels}`` (entries
@@ -228,20 +249,23 @@ def minibatches(images, labels, num_classes: int, batch_per_class: int):
   return cut(images), cut(labels)
 
 
-def step_sizes(lr, default: float, steps: int, dtype=jnp.float32):
-  """``[T]`` step sizes from a learned ``lr`` (None -> ``default``; scalar -> repeated; ``[T]`` -> per step).
+def step_sizes(lr, default: float, steps: int, dtype=jnp.float32, lr_param: str = "identity"):
+  """``[T]`` step sizes from a learned ``lr`` (None -> ``default``; scalar -> repeated; ``[T]`` -> per step),
+  mapped through ``lr_param`` (``"softplus"``: ``α = softplus(lr)``, DD's code; ``"identity"``: ``α = lr``).
 
   Raises:
-    ValueError: a vector of the wrong length.
+    ValueError: a vector of the wrong length, or an unknown ``lr_param``.
   """
+  check_choice("lr_param", lr_param, LR_PARAMS)
   if lr is None:
     return jnp.full((steps,), default, dtype)
   lr = jnp.asarray(lr)
   if lr.ndim == 0:
-    return jnp.broadcast_to(lr, (steps,)).astype(dtype)
-  if lr.shape != (steps,):
+    lr = jnp.broadcast_to(lr, (steps,))
+  elif lr.shape != (steps,):
     raise ValueError(f"a learned lr must be a scalar or one per inner step [{steps}], got shape {lr.shape}.")
-  return lr.astype(dtype)
+  lr = lr.astype(dtype)
+  return jax.nn.softplus(lr) if lr_param == "softplus" else lr
 
 
 def _model(config: BPTTConfig, num_classes: int, image_shape):
@@ -285,7 +309,7 @@ def make_inner_trainer(config: BPTTConfig, *, num_classes: int, image_shape) -> 
         lambda v: v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v, variables)
     params = variables["params"]
     extra = {k: v for k, v in variables.items() if k != "params"}
-    lrs = step_sizes(lr, config.inner_lr, config.inner_steps, dtype)
+    lrs = step_sizes(lr, config.inner_lr, config.inner_steps, dtype, config.lr_param)
     bx, by = minibatches(images, targets(labels, dtype), num_classes, config.batch_per_class)
     state, losses = unroll(loss_fn, params, bx, by, lrs, extra=extra, momentum=config.inner_momentum,
                            weight_decay=config.weight_decay, checkpoint=config.checkpoint,
