@@ -316,3 +316,41 @@ def test_per_step_rates_are_not_a_training_lr():
     from jaxdistill import evaluate
     evaluate.evaluate(images, np.array([0, 1]), "convnet", jax.random.PRNGKey(0), 1, 1, test_images=images,
                       test_labels=np.array([0, 1]), num_classes=2, lr=np.full((3,), 0.02, np.float32))
+
+
+def test_ld_persistent_network_trains_online_and_resets():
+  """``network="persistent"`` (LD's code): the unroll starts from the objective's network, which takes one Adam
+  step per outer step on a mini-batch of the set and is re-initialised every ``reset_every`` steps; the labels'
+  meta-gradient flows through the unroll from it."""
+  syn_x, soft, real = _data()
+  cfg = _config(network="persistent", inner_steps=1, batch_per_class=1, reset_every=3, online_lr=1e-2)
+  obj = bptt.make_bptt(cfg, num_classes=NC, image_shape=SHAPE, ipc=IPC)
+  state = obj.init(jax.random.PRNGKey(0))
+  assert isinstance(state, bptt.PersistentNet) and int(state.age) == 0
+  batch = synthetic.SyntheticBatch(syn_x, soft, None)
+  key = jax.random.PRNGKey(1)
+  # the loss starts from the persistent network: equal to the trainer's unroll from the same variables
+  value, _ = obj.loss(state, batch, real, key)
+  b = int(jax.random.randint(jax.random.fold_in(key, 17), (), 0, IPC))
+  trainer = bptt.make_inner_trainer(cfg, num_classes=NC, image_shape=SHAPE)
+  variables, _ = trainer.train_from(state.variables, syn_x, soft, None, b)
+  logits, _ = models.apply(trainer.model, variables, real.images.reshape((-1,) + SHAPE), train=True)
+  np.testing.assert_allclose(float(value), float(training.cross_entropy(logits, real.labels.reshape(-1))),
+                             rtol=1e-5)
+  g = jax.grad(lambda y: obj.loss(state, synthetic.SyntheticBatch(syn_x, y, None), real, key)[0])(soft)
+  assert float(jnp.abs(g).sum()) > 0
+  # online training: the network moves and ages; after reset_every steps it is re-initialised
+  s1 = jax.jit(obj.update)(state, batch, jax.random.PRNGKey(2))
+  assert int(s1.age) == 1
+  moved = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(s1.variables["params"]),
+                                                          jax.tree_util.tree_leaves(state.variables["params"]))]
+  assert max(moved) > 1e-4
+  s = s1
+  for i in range(2):
+    s = obj.update(s, batch, jax.random.PRNGKey(3 + i))
+  assert int(s.age) == 0  # reset at the third step
+  fresh = models.init_variables(trainer.model, jax.random.fold_in(jax.random.PRNGKey(4), 29), SHAPE)
+  for a, b in zip(jax.tree_util.tree_leaves(s.variables["params"]), jax.tree_util.tree_leaves(fresh["params"])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+  with pytest.raises(ValueError, match="network"):
+    _config(network="online").validate()

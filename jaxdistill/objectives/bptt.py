@@ -37,6 +37,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxdistill import models, training
 from jaxdistill.models.layers import check_choice
@@ -45,6 +46,7 @@ from jaxdistill.synthetic.labels import LABEL_PROJECTIONS, LABEL_STARTS
 
 LABEL_TRANSFORMS = ("raw", "softmax")
 LR_PARAMS = ("softplus", "identity")
+NETWORKS = ("fresh", "persistent")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +79,13 @@ class BPTTConfig:
       ``"none"`` (unconstrained, DD's default).
     lr_lr, lr_labels: the outer learning rates of ``α`` and of the soft labels (None: the image lr);
       :meth:`param_lrs` hands them to :attr:`jaxdistill.loop.LoopConfig.param_lrs`.
+    network: ``"fresh"`` (DD: every outer iteration unrolls from a new random initialisation) or
+      ``"persistent"`` (LD's code, ``label_distillation_or2.py``: one network kept across outer iterations —
+      the unroll starts from it, on a random mini-batch of the set, and after each outer step it takes one
+      Adam step (lr ``online_lr``) on that mini-batch's loss, re-initialised every ``reset_every`` steps).
+    online_lr, reset_every: the persistent network's Adam lr (LD: PyTorch's default 1e-3) and its
+      re-initialisation period in outer steps (LD resets by early stopping on a 50-step moving average of the
+      target error; a fixed period stands in for it here).
   """
   arch: str = "convnet"
   width: int = 128
@@ -99,6 +108,9 @@ class BPTTConfig:
   label_projection: str = "none"
   lr_lr: Optional[float] = None
   lr_labels: Optional[float] = None
+  network: str = "fresh"
+  online_lr: float = 1e-3
+  reset_every: int = 200
 
   def validate(self):
     check_choice("arch", self.arch, models.ARCHITECTURES)
@@ -106,10 +118,11 @@ class BPTTConfig:
     check_choice("label_start", self.label_start, LABEL_STARTS)
     check_choice("label_projection", self.label_projection, LABEL_PROJECTIONS)
     check_choice("lr_param", self.lr_param, LR_PARAMS)
+    check_choice("network", self.network, NETWORKS)
     for name in ("checkpoint", "learn_lr", "learn_labels", "lr_per_step"):
       if not isinstance(getattr(self, name), (bool, np.bool_)):
         raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
-    for name in ("width", "inner_steps", "num_models", "scan_unroll"):
+    for name in ("width", "inner_steps", "num_models", "scan_unroll", "reset_every"):
       v = getattr(self, name)
       if not isinstance(v, (int, np.integer)) or v < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {v!r}.")
@@ -118,8 +131,9 @@ class BPTTConfig:
     if not isinstance(self.batch_per_class, (int, np.integer)) or self.batch_per_class < 0:
       raise ValueError("batch_per_class must be an integer >= 0 (0 = whole set), got "
                        f"{self.batch_per_class!r}.")
-    if not (isinstance(self.inner_lr, (int, float)) and self.inner_lr > 0):
-      raise ValueError(f"inner_lr must be a number > 0, got {self.inner_lr!r}.")
+    for name in ("inner_lr", "online_lr"):
+      if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
+        raise ValueError(f"{name} must be a number > 0, got {getattr(self, name)!r}.")
     if not 0.0 <= self.inner_momentum < 1.0:
       raise ValueError(f"inner_momentum must be in [0, 1), got {self.inner_momentum!r}.")
     if not self.weight_decay >= 0.0:
@@ -188,9 +202,9 @@ def sgd_step(loss_fn: Callable, state: InnerState, x, y, lr, momentum: float = 0
 
 
 def unroll(loss_fn: Callable, params, batches_x, batches_y, lrs, *, extra=None, momentum: float = 0.0,
-           weight_decay: float = 0.0, checkpoint: bool = False, scan_unroll: int = 1):
+           weight_decay: float = 0.0, checkpoint: bool = False, scan_unroll: int = 1, batch_offset=0):
   """``T = len(lrs)`` inner steps (:func:`sgd_step`) in one ``lax.scan``; step ``t`` uses mini-batch
-  ``t mod S``.
+  ``(t + batch_offset) mod S`` (``batch_offset`` an int or a traced int32 scalar).
 
   Args:
     loss_fn: ``loss_fn(params, extra, x, y) -> (loss, new_extra)``.
@@ -214,7 +228,7 @@ def unroll(loss_fn: Callable, params, batches_x, batches_y, lrs, *, extra=None, 
     if num_batches == 1:
       x, y = batches_x[0], batches_y[0]
     else:
-      b = t % num_batches
+      b = (t + batch_offset) % num_batches
       x = jax.lax.dynamic_index_in_dim(batches_x, b, keepdims=False)
       y = jax.lax.dynamic_index_in_dim(batches_y, b, keepdims=False)
     return sgd_step(loss_fn, state, x, y, lr, momentum, weight_decay)
@@ -279,11 +293,16 @@ class InnerTrainer(NamedTuple):
   """The inner loop of an objective, usable on its own (evaluation in DD's protocol, tests).
 
   ``train(images, labels, lr, key) -> (variables, inner_losses [T])``: a fresh network from ``key`` trained
-  by the unroll (parameters in the images' dtype); ``model`` the Flax module; ``num_steps`` ``T``.
+  by the unroll (parameters in the images' dtype); ``model`` the Flax module; ``num_steps`` ``T``;
+  ``train_from(variables, images, labels, lr, batch_offset=0)`` the same unroll from given variables (LD's
+  persistent network), starting at mini-batch ``batch_offset``; ``targets(labels, dtype)`` the inner
+  cross-entropy's targets ``[N, C]``.
   """
   train: Callable
   model: Any
   num_steps: int
+  train_from: Optional[Callable] = None
+  targets: Optional[Callable] = None
 
 
 def make_inner_trainer(config: BPTTConfig, *, num_classes: int, image_shape) -> InnerTrainer:
@@ -302,9 +321,8 @@ def make_inner_trainer(config: BPTTConfig, *, num_classes: int, image_shape) -> 
     labels = labels.astype(dtype)
     return jax.nn.softmax(labels, axis=-1) if config.label_transform == "softmax" else labels
 
-  def train(images, labels, lr, key):
+  def train_from(variables, images, labels, lr, batch_offset=0):
     dtype = images.dtype
-    variables = models.init_variables(model, key, image_shape)
     variables = jax.tree_util.tree_map(
         lambda v: v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v, variables)
     params = variables["params"]
@@ -313,10 +331,21 @@ def make_inner_trainer(config: BPTTConfig, *, num_classes: int, image_shape) -> 
     bx, by = minibatches(images, targets(labels, dtype), num_classes, config.batch_per_class)
     state, losses = unroll(loss_fn, params, bx, by, lrs, extra=extra, momentum=config.inner_momentum,
                            weight_decay=config.weight_decay, checkpoint=config.checkpoint,
-                           scan_unroll=config.scan_unroll)
+                           scan_unroll=config.scan_unroll, batch_offset=batch_offset)
     return {**state.extra, "params": state.params}, losses
 
-  return InnerTrainer(train, model, int(config.inner_steps))
+  def train(images, labels, lr, key):
+    return train_from(models.init_variables(model, key, image_shape), images, labels, lr)
+
+  return InnerTrainer(train, model, int(config.inner_steps), train_from, targets)
+
+
+class PersistentNet(NamedTuple):
+  """LD's persistent network (``network="persistent"``): its ``variables``, the Adam state of its online
+  training, and ``age`` (int32 scalar, online steps since its last (re-)initialisation)."""
+  variables: Any
+  opt_state: Any
+  age: jnp.ndarray
 
 
 def make_bptt(config: BPTTConfig, *, num_classes: int, image_shape, ipc: int, name: str = "dd") -> Objective:
@@ -336,28 +365,67 @@ def make_bptt(config: BPTTConfig, *, num_classes: int, image_shape, ipc: int, na
     raise ValueError(f"batch_per_class must divide the images per class ({ipc}), got "
                      f"{config.batch_per_class}.")
   trainer = make_inner_trainer(config, num_classes=num_classes, image_shape=image_shape)
+  persistent = config.network == "persistent"
+  num_batches = ipc // k
+  online = optax.adam(config.online_lr)
+
+  def fresh(key):
+    variables = models.init_variables(trainer.model, key, tuple(image_shape))
+    return PersistentNet(variables, online.init(variables["params"]), jnp.zeros((), jnp.int32))
 
   def init(key):
-    return {}
+    return fresh(key) if persistent else {}
+
+  def offset(key):
+    """The persistent unroll's first mini-batch: random per outer step (LD samples its inner batch)."""
+    return jax.random.randint(jax.random.fold_in(key, 17), (), 0, num_batches)
 
   def loss(state, syn, real: RealBatch, key):
     rx = real.images.reshape((-1,) + real.images.shape[2:]).astype(syn.images.dtype)
     ry = real.labels.reshape(-1)
 
     def one(k):
-      variables, inner = trainer.train(syn.images, syn.labels, syn.lr, k)
+      if persistent:
+        variables, inner = trainer.train_from(state.variables, syn.images, syn.labels, syn.lr, offset(key))
+      else:
+        variables, inner = trainer.train(syn.images, syn.labels, syn.lr, k)
       logits, _ = models.apply(trainer.model, variables, rx, train=True)
       return (training.cross_entropy(logits, ry), inner[-1],
               jnp.mean((jnp.argmax(logits, -1) == ry).astype(jnp.float32)))
 
     keys = jax.random.split(key, config.num_models)
-    if config.num_models == 1:  # no vmap: batched parameters turn convolutions into grouped ones (slow on CPU)
+    if config.num_models == 1 or persistent:  # no vmap: batched parameters make grouped convolutions (slow)
       losses, inner, acc = jax.tree_util.tree_map(lambda v: v[None], one(keys[0]))
     else:
       losses, inner, acc = jax.vmap(one)(keys)
     return jnp.mean(losses), {"inner_loss": inner, "real_accuracy": acc}
 
-  return Objective(name, init, loss, None, config)
+  def update(state: PersistentNet, syn, key):
+    """LD's online step: one Adam step of the persistent network on the loss of the mini-batch its unroll
+    started from (the labels as they are now; no gradient to the set), re-initialised every
+    ``reset_every`` steps."""
+    images = jax.lax.stop_gradient(syn.images)
+    labels = jax.lax.stop_gradient(syn.labels)
+    bx, by = minibatches(images, trainer.targets(labels, images.dtype), num_classes, config.batch_per_class)
+    b = offset(key)
+    x = jax.lax.dynamic_index_in_dim(bx, b, keepdims=False)
+    y = jax.lax.dynamic_index_in_dim(by, b, keepdims=False)
+    params = state.variables["params"]
+    extra = {n: v for n, v in state.variables.items() if n != "params"}
+
+    def batch_loss(p):
+      logits, new_vars = models.apply(trainer.model, {**extra, "params": p}, x, train=True)
+      return training.cross_entropy(logits, y), {n: v for n, v in new_vars.items() if n != "params"}
+
+    grads, new_extra = jax.grad(batch_loss, has_aux=True)(params)
+    updates, opt_state = online.update(grads, state.opt_state, params)
+    trained = PersistentNet({**new_extra, "params": optax.apply_updates(params, updates)}, opt_state,
+                            state.age + 1)
+    reset = trained.age >= config.reset_every
+    new = fresh(jax.random.fold_in(key, 29))
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(reset, a, b), new, trained)
+
+  return Objective(name, init, loss, update if persistent else None, config)
 
 
 def unrolled_accuracy(config: BPTTConfig, batch, key, test_images, test_labels, num_classes: int,
