@@ -112,6 +112,21 @@ def section(res: Dict) -> str:
       out.append(f"| {r['method']} | {_num(r.get('ipc'))} | {_acc(r)} | {_also(r)} | "
                  f"{_num(r.get('seconds_per_iteration'))} | {_num(r.get('peak_memory_mb'), '{:.0f}')} | "
                  f"{_num(r.get('published'))} | {p} |")
+  barred = [r for r in rows if r.get("bar_points") is not None and r.get("test_accuracy_mean") is not None]
+  if barred:
+    out += ["", "Against the random subset under the same evaluation (bar: ours ≥ random + the points shown); "
+            "curve: accuracy (%) after that many iterations, the last point the final evaluation:", "",
+            "| method | IPC | ours (%) | random (%) | margin (points) | bar | meets the bar | curve |",
+            "|---|---|---|---|---|---|---|---|"]
+    for r in barred:
+      rnd = next((x for x in rows if x.get("method") == "random" and x.get("ipc") == r.get("ipc")
+                  and x.get("eval_protocol") == r.get("eval_protocol") and x.get("test_accuracy_mean") is not None),
+                 None)
+      margin = None if rnd is None else 100 * (r["test_accuracy_mean"] - rnd["test_accuracy_mean"])
+      meets = "–" if margin is None else ("yes" if margin >= r["bar_points"] else "no")
+      curve = ", ".join(f"{int(c[0])}: {c[1]:.1f}" for c in r.get("curve") or [])
+      out.append(f"| {r['method']} | {_num(r.get('ipc'))} | {_acc(r)} | {_acc(rnd) if rnd else '–'} | "
+                 f"{'–' if margin is None else f'{margin:+.1f}'} | +{r['bar_points']:g} | {meets} | {curve} |")
   parity = [r for r in rows if r.get("reference_code_accuracy") is not None]
   if parity:
     out += ["", "Parity with the authors' code run on this kind of machine (bar: ours ≥ reference − one std of "
