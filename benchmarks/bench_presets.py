@@ -22,6 +22,12 @@ METHODS = ("kip", "rfad", "frepo", "dd", "ld")
 IPCS = (1, 10)
 BAR = {1: 5.0, 10: 2.0}  # points above the random subset
 EVAL_MODELS, EVAL_EPOCHS, EVAL_WIDTH = 3, 100, 128
+# Variants measured beside the presets (row name -> (method, --config overrides)): LD with the persistent,
+# online-trained network of LD's code (one inner SGD step at LD's lr 0.01 on a random mini-batch of 5 (IPC 10) or
+# 1 (IPC 1) images per class), against the preset's fresh network unrolled T steps.
+VARIANTS = {"ld_persistent": ("ld", {"network": "persistent", "inner_steps": 1, "scan_unroll": 1,
+                                     "inner_lr": 0.01})}
+VARIANT_BATCH = {1: 1, 10: 5}
 CURVE_POINTS = 3  # evaluations along the run, the final one included
 
 
@@ -59,6 +65,8 @@ def random_row(ipc: int, out: str, quick: bool):
 
 
 def run(quick: bool = False, select=None):
+  import json
+
   from experiments import distill
 
   root = tempfile.mkdtemp(prefix="presets-")
@@ -72,13 +80,21 @@ def run(quick: bool = False, select=None):
                      eval_protocol=_eval_description(quick), test_accuracy_mean=r["test_accuracy_mean"],
                      test_accuracy_std=r["test_accuracy_std"], accuracies=r["test_accuracies"],
                      eval_seconds=r["eval_seconds"], quick=quick)
-  for method in METHODS:
+  for name in METHODS + tuple(VARIANTS):
     for ipc in IPCS:
-      if select is not None and not select(method, ipc):
+      if select is not None and not select(name, ipc):
         continue
-      out = os.path.join(root, f"{method}_ipc{ipc}")
+      out = os.path.join(root, f"{name}_ipc{ipc}")
+      method, overrides = VARIANTS.get(name, (name, {}))
       iterations = 2 if quick else preset_iterations(method, ipc)
-      argv = ["--method", method, "--preset", "cpu", "--dataset", common.DATASET, "--ipc", str(ipc), "--seed", "0",
+      config = []
+      if overrides:
+        overrides = {**overrides, "batch_per_class": VARIANT_BATCH.get(ipc, 1)}
+        path = os.path.join(root, f"{name}_ipc{ipc}.json")
+        with open(path, "w") as f:
+          json.dump(overrides, f)
+        config = ["--config", path]
+      argv = [*config, "--method", method, "--preset", "cpu", "--dataset", common.DATASET, "--ipc", str(ipc), "--seed", "0",
               "--quiet", "--out", out, "--eval-every", str(eval_every(iterations)),
               *_eval_flags(quick)]
       if quick:
@@ -94,12 +110,13 @@ def run(quick: bool = False, select=None):
       extra = {k: m[k] for k in ("krr_test_accuracy", "krr_test_accuracy_init") if m.get(k) is not None}
       lc = m["loop_config"]
       schedule = "" if lc.get("lr_schedule", "constant") == "constant" else f" ({lc['lr_schedule']} decay)"
-      budget = (f"--preset cpu: {m['iterations']} iterations, real/class {lc['real_per_class']}, "
+      variant = f" + --config {json.dumps(overrides)}" if overrides else ""
+      budget = (f"--preset cpu{variant}: {m['iterations']} iterations, real/class {lc['real_per_class']}, "
                 f"{lc['optimizer']} lr {lc['lr_img']}{schedule}, init {m.get('init')}")
       yield common.row(
-          "presets", method, ipc, protocol=budget, eval_protocol=_eval_description(quick),
+          "presets", name, ipc, protocol=budget, eval_protocol=_eval_description(quick),
           test_accuracy_mean=mean, test_accuracy_std=std, accuracies=m["test_accuracies"],
           margin_points=margin, bar_points=BAR[ipc], meets_bar=None if margin is None else bool(margin >= BAR[ipc]),
           curve=curve, seconds_per_iteration=m.get("seconds_per_iteration"), distill_seconds=m.get("distill_seconds"),
-          eval_seconds=m["eval_seconds"], total_seconds=m["seconds"], published=common.published(method, ipc),
+          eval_seconds=m["eval_seconds"], total_seconds=m["seconds"], published=None if overrides else common.published(method, ipc),
           quick=quick, **extra)

@@ -401,10 +401,11 @@ def _kip_output(args, param, syn_state):
   """KIP's own evaluation beside the finite networks: KRR test accuracy with its kernel (``metrics.json``)."""
   data, obj_cfg, zca = args.kernel_eval
   batch = param.render(syn_state)
+  n = int(obj_cfg.krr_test_size) or len(data.test_y)
   acc = objectives.kip.krr_test_accuracy(obj_cfg, np.asarray(batch.images, np.float32), np.asarray(batch.labels),
-                                         data.test_x, data.test_y, data.spec.num_classes, zca=zca)
-  print(f"kip ipc={args.ipc}: KRR test accuracy {acc:.4f}")
-  return None, {"krr_test_accuracy": float(acc)}
+                                         data.test_x[:n], data.test_y[:n], data.spec.num_classes, zca=zca)
+  print(f"kip ipc={args.ipc}: KRR test accuracy {acc:.4f} ({n} test images)")
+  return None, {"krr_test_accuracy": float(acc), "krr_test_size": n}
 
 
 OUTPUT_HOOKS["kip"] = _kip_output

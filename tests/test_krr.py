@@ -248,35 +248,6 @@ def test_kip_krr_test_accuracy(fmnist_train, fmnist_test):
   assert 0.5 < acc <= 1.0, acc  # 10 real images per class: chance is 0.1
 
 
-def test_frepo_pool_update_and_reset(fmnist_train):
-  images, labels, _ = fmnist_train
-  obj = make_frepo(FRePoConfig(width=8, pool_size=2, max_online_updates=2), num_classes=10,
-                   image_shape=images.shape[1:], ipc=1)
-  state = obj.init(jax.random.PRNGKey(0))
-  np.testing.assert_array_equal(np.asarray(state.ages), [0, 1])  # staggered stages
-  syn = synthetic.render_pixels(synthetic.init_pixels(jax.random.PRNGKey(0), "real", images, labels, 10, 1,
-                                                      learn_labels=True))
-  update = jax.jit(obj.update)
-  leaf = lambda s: np.asarray(jax.tree_util.tree_leaves(s.params)[0])
-  resets = 0
-  for step in range(6):
-    i = int(state.member)
-    before, ages = leaf(state), np.asarray(state.ages)
-    state = update(state, syn, jax.random.PRNGKey(100 + step))
-    after = leaf(state)
-    other = 1 - i
-    np.testing.assert_array_equal(after[other], before[other])  # only the current member changes
-    reset = ages[i] + 1 >= 2  # re-initialised at max_online_updates
-    assert int(state.ages[i]) == (0 if reset else ages[i] + 1) and int(state.ages[other]) == ages[other]
-    change = np.abs(after[i] - before[i]).max()
-    if reset:  # fresh weights: an O(1/sqrt(fan_in)) change, not an Adam step
-      assert change > 1e-2, change
-      resets += 1
-    else:  # one Adam step moves each weight by at most ~lr = 3e-4
-      assert 0 < change <= 1.01 * obj.config.online_lr, change
-  assert resets >= 2
-
-
 def test_configs_validate_with_clear_messages():
   with pytest.raises(ValueError, match="arch must be one of"):
     KIPConfig(arch="resnet").validate()

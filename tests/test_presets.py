@@ -172,6 +172,7 @@ def test_equally_specific_conflicting_entries_are_refused(tmp_path, monkeypatch)
 @pytest.mark.parametrize("options, match", [
     ({"learning_rate_of_everything": {"value": 1, "source": "x"}}, "not accepted"),
     ({"eval_dsa": {"value": 1, "source": "x"}}, "eval_dsa must be true or false"),
+    ({"eval_protocol": {"value": "kipp", "source": "x"}}, "eval_protocol must be one of"),
 ])
 def test_validate_refuses_unknown_keys_and_bad_eval_values(tmp_path, monkeypatch, options, match):
   _write(tmp_path, monkeypatch, {"methods": ["dm"], "presets": {"paper": [{"options": options}]}})
@@ -295,3 +296,10 @@ def test_cli_sets_parameterisation_flags_from_the_preset(tmp_path):
                                             "10", "--out", str(tmp_path)])
   _, loop_cfg, _ = distill.build_configs(args, get_spec("fashion_mnist"))
   assert args.gen_widths == (24, 24, 16) and (loop_cfg.optimizer, loop_cfg.lr_img) == ("adam", 0.01)
+
+
+def test_kip_cpu_preset_evaluates_like_the_random_subset():
+  """KIP's cpu preset evaluates with the shared cross-entropy rule (``eval_protocol`` "dsa"), the rule of the
+  random-subset baseline it is compared with; the paper preset keeps KIP's own MSE protocol."""
+  assert presets.resolve("kip", "cpu", "fashion_mnist", 1).values["eval_protocol"] == "dsa"
+  assert "eval_protocol" not in presets.resolve("kip", "paper", "fashion_mnist", 1).values

@@ -118,11 +118,13 @@ def method_defaults(name: str) -> MethodDefaults:
   return _entry(name).defaults
 
 
-def make_objective(name: str, config=None, *, num_classes: int, image_shape, ipc: int) -> Objective:
-  """Builds the objective of method ``name`` (config defaults to :func:`default_config`)."""
+def make_objective(name: str, config=None, *, num_classes: int, image_shape, ipc: int, **factory_kwargs) -> Objective:
+  """Builds the objective of method ``name`` (config defaults to :func:`default_config`); ``factory_kwargs``
+  go to the method's factory (e.g. ``zca=`` a fitted ZCA for KIP on RGB data)."""
   entry = _entry(name)
   config = entry.config() if config is None else config
-  return entry.factory(config, num_classes=num_classes, image_shape=image_shape, ipc=ipc, name=name)
+  return entry.factory(config, num_classes=num_classes, image_shape=image_shape, ipc=ipc, name=name,
+                       **factory_kwargs)
 
 
 __all__ = ["DISTANCES", "DistributionMatchingConfig", "GMState", "GradientMatchingConfig", "METHODS",

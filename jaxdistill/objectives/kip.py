@@ -34,17 +34,24 @@ from jaxdistill.objectives.base import Objective
 
 @dataclasses.dataclass(frozen=True)
 class KIPConfig:
-  """KIP settings (paper defaults: FC3 NTK, ``W_std² = 2``, ``b_std² = 0.01``, λ = 1e-6 relative to
-  ``tr(K_ss)/n``, MSE, learned labels, Adam lr 0.01 — the lr lives in the registry's MethodDefaults).
+  """KIP settings (defaults: FC3 NTK, ``W_std² = 2``, ``b_std² = 0.01``, λ = 1e-6 relative to ``tr(K_ss)/n``,
+  MSE on centred one-hot labels as in the authors' KIP.ipynb, learned labels, Adam lr 0.01 — the lr lives in
+  the registry's MethodDefaults; the ``paper`` preset switches to the ConvNet NTK and a float64 solve).
 
   Attributes:
     arch, kind, depth, W_std, b_std, pooling: the kernel (:class:`jaxdistill.kernels.KernelConfig`).
     reg: KRR regulariser λ (relative).
     loss: ``"mse"`` (KIP) or ``"platt"``.
-    learn_labels, label_scale: whether the CLI/bench initialise learnable labels (``label_scale · one_hot``).
-    zca, zca_reg: whiten RGB data (fitted by the CLI builder on the training split; ignored for grayscale).
+    learn_labels, label_scale: whether the CLI/bench initialise learnable labels (``label_scale · one_hot``,
+      centred by the CLI when ``centre_labels``).
+    centre_labels: regress on centred one-hot labels ``one_hot − 1/C`` (support and targets), as KIP.ipynb's
+      ``one_hot(..., center=True)``; learned labels are used as they are.
+    zca, zca_reg: whiten RGB data: :func:`make_kip` then needs a fitted ZCA (the CLI builder fits it on the
+      training split) and raises without one; ignored for grayscale images.
     target_chunk: compute the target rows of ``K_ts`` in chunks of this size (0: all at once).
     dtype: KRR solve precision (``"float32"``, or ``"float64"`` with ``jax_enable_x64``).
+    krr_test_size: test images the CLI's KRR test accuracy uses (the first ones; 0: all) — the ConvNet kernels
+      cost too much on CPU for all 10 000 at IPC 10.
   """
   arch: str = "fc"
   kind: str = "ntk"
@@ -60,6 +67,12 @@ class KIPConfig:
   zca_reg: float = 0.1
   target_chunk: int = 0
   dtype: str = "float32"
+  centre_labels: bool = True
+  krr_test_size: int = 0
+
+  def whitens(self, image_shape) -> bool:
+    """Whether ZCA is on for images of ``image_shape`` (``zca`` and RGB)."""
+    return bool(self.zca) and int(tuple(image_shape)[-1]) == 3
 
   def kernel(self) -> kernels.KernelConfig:
     return kernels.KernelConfig(arch=self.arch, kind=self.kind, depth=self.depth, W_std=self.W_std,
@@ -77,16 +90,19 @@ class KIPConfig:
       raise ValueError(f"label_scale must be > 0, got {self.label_scale!r}.")
     if not self.zca_reg > 0:
       raise ValueError(f"zca_reg must be > 0, got {self.zca_reg!r}.")
+    if int(self.krr_test_size) < 0:
+      raise ValueError(f"krr_test_size must be >= 0, got {self.krr_test_size!r}.")
     if int(self.target_chunk) < 0:
       raise ValueError(f"target_chunk must be >= 0, got {self.target_chunk!r}.")
     return self
 
 
-def support_labels(labels, num_classes: int):
-  """Regression labels ``[n, C]`` of the support set: learned soft labels as they are, hard labels one-hot."""
+def support_labels(labels, num_classes: int, centred: bool = False):
+  """Regression labels ``[n, C]`` of the support set: learned soft labels as they are, hard labels one-hot
+  (``one_hot − 1/C`` when ``centred``)."""
   if labels.ndim == 2:
     return labels.astype(jnp.float32)
-  return krr.target_labels(labels, num_classes)
+  return krr.target_labels(labels, num_classes, centred)
 
 
 def loss_and_predictions(kernel_fn, x_s, y_s, x_t, y_t, reg: float = 1e-6, *, loss: str = "mse",
@@ -151,23 +167,37 @@ def make_kip(config: KIPConfig, *, num_classes: int, image_shape, ipc: int, name
 
   Raises:
     ImportError: neural-tangents cannot be imported (the message says why).
+    ValueError: ``config.zca`` on RGB images without a fitted ``zca``, or a ``zca`` given although
+      ``config.zca`` is off or the images are grayscale. The returned loss raises when called without its
+      whitening ``data`` while ZCA is on.
   """
   config.validate()
   image_shape = tuple(image_shape)
+  whitens = config.whitens(image_shape)
+  if whitens and zca is None:
+    raise ValueError("KIPConfig.zca=True on RGB images needs a fitted ZCA: make_kip(..., zca=fit_zca(train_x, "
+                     "config.zca_reg, relative=True)) (make_objective passes zca= through; the CLI fits it), or "
+                     "set zca=False.")
+  if zca is not None and not whitens:
+    raise ValueError(f"a ZCA was given but KIP does not whiten here (zca={config.zca}, image_shape "
+                     f"{image_shape}: ZCA is for RGB images with zca=True).")
   kfn = kernels.make_kernel_fn(config.kernel(), num_classes, image_shape, int(config.target_chunk))
   data = None
   if zca is not None:
-    data = {"zca_mean": jnp.asarray(zca.mean), "zca_whiten": jnp.asarray(zca.whiten)}
+    data = {"zca_mean": jnp.asarray(zca.mean, jnp.float32), "zca_whiten": jnp.asarray(zca.whiten, jnp.float32)}
 
   def init(key):
     return {}
 
   def objective_loss(state, syn, real, key, data=None):
     """KIP loss; real ``[C, n, ...]`` flattened to ``C·n`` targets. aux: target accuracy of the KRR."""
+    if whitens and data is None:
+      raise ValueError("this KIP objective whitens (zca=True, RGB): call its loss with the whitening data, "
+                       "objective.loss(state, syn, real, key, objective.data).")
     whiten = whiten_fn(data)
-    xt, lt, yt = krr.flatten_real(real, num_classes)
-    xs, xt = whiten(syn.images), whiten(xt)
-    ys = support_labels(syn.labels, num_classes)
+    xt, lt, yt = krr.flatten_real(real, num_classes, centred=config.centre_labels)
+    xs, xt = whiten(syn.images.astype(jnp.float32)), whiten(xt.astype(jnp.float32))  # float64: the solve only
+    ys = support_labels(syn.labels, num_classes, config.centre_labels)
     value, pred = loss_and_predictions(kfn, xs, ys, xt, yt if config.loss == "mse" else lt, config.reg,
                                        loss=config.loss, dtype=config.dtype)
     return value, {"accuracy": krr.krr_accuracy(pred, lt)}
@@ -185,7 +215,7 @@ def krr_test_accuracy(config: KIPConfig, images, labels, test_images, test_label
   kfn = kernels.batched_kernel_fn(config.kernel(), num_classes, tuple(np.shape(images)[1:]), batch_size)
   xs = whiten(jnp.asarray(images, jnp.float32))
   k_ss = np.asarray(kfn(xs, xs), np.float64)
-  ys = np.asarray(support_labels(jnp.asarray(labels), num_classes), np.float64)
+  ys = np.asarray(support_labels(jnp.asarray(labels), num_classes, config.centre_labels), np.float64)
   n = k_ss.shape[0]
   a = k_ss + config.reg * np.trace(k_ss) / n * np.eye(n)
   alpha = np.linalg.solve(0.5 * (a + a.T), ys)

@@ -9,8 +9,15 @@ where ``φ_m(x) ∈ R^D`` are the flattened features of network ``m`` before its
 weight variance ``W_std²/D`` and bias variance ``b_std²`` are integrated out exactly, so
 ``E[Φ Φᵀ] + b_std²`` is the NNGP of the ConvNet with a Dense read-out). The random networks use the same
 parameterisation as the neural-tangents twin (:func:`jaxdistill.kernels.stax_network`, ``arch="convnet"``):
-Gaussian weights ``N(0, W_std²/fan_in)``, biases ``N(0, b_std²)``, 3×3 'SAME' convs, ReLU, 2×2 average pool,
-no normalisation — so the random-feature kernel converges to the ``stax`` NNGP as ``M·width`` grows.
+Gaussian weights ``N(0, W_std²/fan_in)``, biases ``N(0, b_std²)``, 3×3 'SAME' convs, ReLU, 2×2 average pool
+(floor: an odd side loses its last row / column, as PyTorch's ``AvgPool2d``), no normalisation — so the
+random-feature kernel converges to the ``stax`` NNGP as ``M·width`` grows. As in the authors' code (yolky/RFAD
+``models.ConvNet_wide``, ``k=2`` × 128 = width 256) 28 px inputs are used unpadded (28 → 14 → 7 → 3) unless
+``pad_input`` (the library's finite ConvNet's 32 px view).
+
+KRR as in the authors' ``distillation.py``: ``K_ss + λ·tr(K_ss)/n·I`` with λ = 5e-3 (``--jit``), solved in
+float64 when ``dtype="float64"`` (the CLI enables ``jax_enable_x64`` for it), centred one-hot labels
+``one_hot − 1/C`` for the support set and the targets (``centre_labels``).
 
 With the features, ``K_ts = Φ_t Φ_sᵀ`` costs ``O(n_t · M · D)``: linear in the target batch (no ``K_tt``).
 Loss: Platt-scaled cross-entropy of the KRR predictions (RFAD Sec. 3.2, :func:`krr.platt_cross_entropy`)
@@ -35,28 +42,35 @@ POOLINGS = ("avg", "none")
 
 @dataclasses.dataclass(frozen=True)
 class RFADConfig:
-  """RFAD settings (paper defaults: 8 random ConvNets, Platt-scaled cross-entropy, λ = 1e-6 relative, Adam
-  lr 1e-3 — the lr lives in the registry's MethodDefaults).
+  """RFAD settings (the authors' defaults: 8 random ConvNets of width 256 on unpadded inputs, Platt-scaled
+  cross-entropy, λ = 5e-3 relative, centred labels; Adam lr 1e-3 — the lr lives in the registry's
+  MethodDefaults. The float64 solve needs ``jax_enable_x64``, so the default is float32; presets set it).
 
   Attributes:
     num_models: random networks per iteration (``M``).
     width, depth, pooling, W_std, b_std: the random ConvNets (depth None: 3 for ≤ 32 px).
     reg: KRR regulariser λ (relative to ``tr(K_ss)/n``).
     loss: ``"platt"`` (RFAD) or ``"mse"``.
+    pad_input: zero-pad 1-channel 28 px inputs to 32 px first (the library's ConvNet view; RFAD: no).
+    centre_labels: centred one-hot labels ``one_hot − 1/C`` (support and mse targets), as RFAD's code.
+    dtype: KRR solve precision, ``"float32"`` or ``"float64"`` (RFAD; needs ``jax_enable_x64``).
     learn_labels, label_scale: learnable soft labels (off in RFAD's main results).
     model_chunk: evaluate the random networks this many at a time (``lax.map``; 0: all in one ``vmap``).
   """
   num_models: int = 8
-  width: int = 128
+  width: int = 256
   depth: Optional[int] = None
   pooling: str = "avg"
   W_std: float = float(np.sqrt(2.0))
   b_std: float = 0.1
-  reg: float = 1e-6
+  reg: float = 5e-3
   loss: str = "platt"
   learn_labels: bool = False
   label_scale: float = 1.0
   model_chunk: int = 0
+  pad_input: bool = False
+  centre_labels: bool = True
+  dtype: str = "float32"
 
   def validate(self):
     for name in ("num_models", "width"):
@@ -75,6 +89,8 @@ class RFADConfig:
       raise ValueError(f"reg must be > 0, got {self.reg!r}.")
     if not self.label_scale > 0:
       raise ValueError(f"label_scale must be > 0, got {self.label_scale!r}.")
+    if self.dtype not in krr.DTYPES:
+      raise ValueError(f"dtype must be one of {list(krr.DTYPES)}, got {self.dtype!r}.")
     if int(self.model_chunk) < 0 or (self.model_chunk and self.num_models % self.model_chunk):
       raise ValueError(f"model_chunk must be 0 or divide num_models={self.num_models}, got {self.model_chunk!r}.")
     return self
@@ -93,17 +109,17 @@ def init_random_convnet(key, in_channels: int, width: int, depth: int, W_std: fl
   c = in_channels
   for k in jax.random.split(key, depth):
     kw, kb = jax.random.split(k)
-    w = jax.random.normal(kw, (3, 3, c, width), jnp.float32) * (W_std / np.sqrt(9.0 * c))
-    b = jax.random.normal(kb, (width,), jnp.float32) * b_std
+    w = jax.random.normal(kw, (3, 3, c, width), jnp.float32) * float(W_std / np.sqrt(9.0 * c))
+    b = jax.random.normal(kb, (width,), jnp.float32) * float(b_std)
     params.append((w, b))
     c = width
   return params
 
 
-def random_convnet_features(params, x, pooling: str = "avg"):
-  """Flattened pre-read-out features ``[N, D]`` of a random ConvNet on ``x [N, H, W, C]`` (1-channel 28×28
-  inputs padded by 2 first, as in the ConvNet twin)."""
-  p = input_padding(x.shape[1:])
+def random_convnet_features(params, x, pooling: str = "avg", pad_input: bool = False):
+  """Flattened pre-read-out features ``[N, D]`` of a random ConvNet on ``x [N, H, W, C]`` (with ``pad_input``,
+  1-channel 28×28 inputs are padded by 2 first, as in the ConvNet twin; pooling floors odd sides)."""
+  p = input_padding(x.shape[1:]) if pad_input else 0
   if p:
     x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
   for w, b in params:
@@ -111,7 +127,7 @@ def random_convnet_features(params, x, pooling: str = "avg"):
     x = jax.nn.relu(x)
     if pooling == "avg":
       n, h, wd, c = x.shape
-      x = x.reshape(n, h // 2, 2, wd // 2, 2, c).mean(axis=(2, 4))
+      x = x[:, :h - h % 2, :wd - wd % 2].reshape(n, h // 2, 2, wd // 2, 2, c).mean(axis=(2, 4))
   return x.reshape(x.shape[0], -1)
 
 
@@ -119,18 +135,19 @@ def random_features(key, x, config: RFADConfig):
   """RFAD features ``Φ(x) [N, M·D]`` of ``M = config.num_models`` random ConvNets drawn from ``key``
   (vmapped), scaled so that ``Φ Φᵀ + b_std²`` estimates the ConvNet NNGP."""
   depth = config.resolved_depth(x.shape[1:])
+  x = jnp.asarray(x, jnp.float32)  # float32 networks also under jax_enable_x64 (float64 is for the solve only)
   keys = jax.random.split(key, config.num_models)
 
   def one(k):
     params = init_random_convnet(k, x.shape[-1], config.width, depth, config.W_std, config.b_std)
-    return random_convnet_features(params, x, config.pooling)
+    return random_convnet_features(params, x, config.pooling, config.pad_input)
 
   if config.model_chunk:
     feats = jax.lax.map(one, keys, batch_size=int(config.model_chunk))
   else:
     feats = jax.vmap(one)(keys)  # [M, N, D]
   m, n, d = feats.shape
-  scale = config.W_std / np.sqrt(float(d * m))
+  scale = float(config.W_std / np.sqrt(float(d * m)))
   return jnp.transpose(feats, (1, 0, 2)).reshape(n, m * d) * scale
 
 
@@ -148,13 +165,13 @@ def make_rfad(config: RFADConfig, *, num_classes: int, image_shape, ipc: int, na
 
   def loss(state, syn, real, key):
     """RFAD loss; real ``[C, n, ...]`` flattened to targets. aux: KRR target accuracy, Platt temperature."""
-    xt, lt, yt = krr.flatten_real(real, num_classes)
+    xt, lt, yt = krr.flatten_real(real, num_classes, centred=config.centre_labels)
     n_s = syn.images.shape[0]
     phi = random_features(key, jnp.concatenate([syn.images, jax.lax.stop_gradient(xt)]), config)
     phi_s, phi_t = phi[:n_s], phi[n_s:]
-    ys = support_labels(syn.labels, num_classes)
+    ys = support_labels(syn.labels, num_classes, config.centre_labels)
     pred = krr.krr_predict(feature_kernel(phi_t, phi_s, config.b_std),
-                           feature_kernel(phi_s, phi_s, config.b_std), ys, config.reg)
+                           feature_kernel(phi_s, phi_s, config.b_std), ys, config.reg, config.dtype)
     value, temp = krr.krr_loss(pred, yt if config.loss == "mse" else lt, config.loss)
     aux = {"accuracy": krr.krr_accuracy(pred, lt)}
     if temp is not None:

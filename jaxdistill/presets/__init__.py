@@ -33,7 +33,8 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 PRESET_DIR = os.path.dirname(os.path.abspath(__file__))
 
 # Evaluation keys a preset may set, with their type (the CLI fills them into args where no flag was given).
-EVAL_KEYS: Dict[str, type] = {"eval_epochs": int, "eval_dsa": bool, "eval_models": int, "eval_learned_lr": bool}
+EVAL_KEYS: Dict[str, type] = {"eval_epochs": int, "eval_dsa": bool, "eval_models": int, "eval_learned_lr": bool,
+                              "eval_protocol": str}
 # CLI flag destinations of the parameterisation methods (experiments/generative.py) a preset may set. All of them
 # default to None on the command line, so the CLI can tell "not given" from an explicit flag.
 PARAMETERISATION_OPTIONS: Dict[str, Tuple[str, ...]] = {
@@ -272,6 +273,10 @@ def _check_value(key: str, value, where: str) -> None:
     _fail(where, f"{key} must be true or false, got {value!r}.")
   if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
     _fail(where, f"{key} must be an integer >= 1, got {value!r}.")
+  if kind is str:
+    from jaxdistill.evaluate import PROTOCOLS
+    if value not in PROTOCOLS:
+      _fail(where, f"{key} must be one of {sorted(PROTOCOLS)}, got {value!r}.")
 
 
 def validate(method: Optional[str] = None) -> None:
