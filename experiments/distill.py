@@ -414,7 +414,7 @@ OUTPUT_HOOKS["kip"] = _kip_output
 for _name in ("kip", "rfad", "frepo"):
   BUILDERS[_name] = build_kernel
   LOOP_DEFAULTS[_name] = {"optimizer": "adam"}
-LOOP_DEFAULTS["frepo"] = {"optimizer": "lamb", "lr_schedule": "cosine"}  # FRePo's code: LAMB, cosine decay
+LOOP_DEFAULTS["frepo"] = {"optimizer": "lamb", "lr_schedule": "cosine", "lr_final_fraction": 0.1}  # FRePo: LAMB, cosine to 0.1 lr
 
 
 def build_bptt(args, data, obj_cfg, init, key):

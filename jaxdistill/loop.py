@@ -46,8 +46,9 @@ class LoopConfig:
     real_per_class: real images per class per iteration (256 in DC/DSA/DM).
     lr_img: image learning rate (DC/DSA 0.1, DM 1.0).
     optimizer: ``"sgd"`` (with ``momentum``, 0.5 in the papers), ``"adam"`` or ``"lamb"`` (FRePo).
-    lr_schedule: ``"constant"`` or ``"cosine"`` (the learning rates decay to 0 over ``iterations`` image
-      updates with ``optax.cosine_decay_schedule``, as FRePo's image optimiser).
+    lr_schedule: ``"constant"`` or ``"cosine"`` (the learning rates decay over ``iterations`` image updates
+      to ``lr_final_fraction`` of their value with ``optax.cosine_decay_schedule``, as FRePo's image optimiser).
+    lr_final_fraction: where the cosine decay ends, as a fraction of the initial lr (FRePo: 0.1).
     eval_every: evaluate every this many iterations (0: only when the caller evaluates at the end).
     checkpoint_every: write the checkpoint every this many iterations (0: only at the end).
     param_lrs: optional ``{name: lr}`` for top-level entries of the synthetic ``params`` that need their own
@@ -59,6 +60,7 @@ class LoopConfig:
   lr_img: float = 0.1
   optimizer: str = "sgd"
   lr_schedule: str = "constant"
+  lr_final_fraction: float = 0.0
   momentum: float = 0.5
   eval_every: int = 0
   checkpoint_every: int = 0
@@ -69,6 +71,8 @@ class LoopConfig:
       raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}.")
     if self.lr_schedule not in LR_SCHEDULES:
       raise ValueError(f"lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}.")
+    if not 0.0 <= self.lr_final_fraction <= 1.0:
+      raise ValueError(f"lr_final_fraction must be in [0, 1], got {self.lr_final_fraction!r}.")
     for name in ("iterations", "real_per_class"):
       v = getattr(self, name)
       if not isinstance(v, (int, np.integer)) or v < 1:
@@ -98,7 +102,7 @@ def make_optimizer(config: LoopConfig) -> optax.GradientTransformation:
   """
   def make(lr):
     if config.lr_schedule == "cosine":
-      lr = optax.cosine_decay_schedule(float(lr), int(config.iterations))
+      lr = optax.cosine_decay_schedule(float(lr), int(config.iterations), alpha=float(config.lr_final_fraction))
     if config.optimizer == "sgd":
       return optax.sgd(lr, momentum=config.momentum or None)
     if config.optimizer == "lamb":

@@ -176,5 +176,14 @@ def test_cosine_schedule_and_lamb_image_optimiser():
   upd, _ = lamb.update(g, lamb.init(params), params)
   new = _optax.apply_updates(params, upd)
   assert not np.allclose(new["images"], params["images"])
+  floor = loop.make_optimizer(loop.LoopConfig(iterations=8, lr_img=0.5, momentum=0.0, lr_schedule="cosine",
+                                              lr_final_fraction=0.1).validate())
+  st = floor.init(params)
+  for t in range(9):  # FRePo's floor: lr (0.1 + 0.9 * cosine), 0.1 * lr from step T on
+    upd, st = floor.update(g, st, params)
+    c = 0.5 * (1 + math.cos(math.pi * min(t, 8) / 8))
+    np.testing.assert_allclose(upd["images"], -0.5 * (0.1 + 0.9 * c) * g["images"], rtol=1e-5, atol=1e-7)
   with pytest.raises(ValueError, match="lr_schedule"):
     loop.LoopConfig(lr_schedule="linear").validate()
+  with pytest.raises(ValueError, match="lr_final_fraction"):
+    loop.LoopConfig(lr_final_fraction=1.5).validate()
