@@ -237,22 +237,33 @@ def main(argv=None) -> dict:
   key = jax.random.PRNGKey(args.seed)
   k_init, k_loop, k_eval = jax.random.split(key, 3)
   objective, param, syn = BUILDERS.get(args.method, build_pixels)(args, data, obj_cfg, init, k_init)
-  evaluator = None
-  if loop_cfg.eval_every:
-    evaluator = lambda batch, k: common.evaluate_set(args, data, np.asarray(batch.images),
-                                                     np.asarray(batch.labels), k, lr=batch.lr)
+  x64 = getattr(args, "x64_for_solve", False)  # KIP / RFAD's float64 solve: only the distillation runs in x64
+
+  def evaluator(batch, k):
+    """The evaluation during the run, in float32 (x64 is switched off around it, then back on)."""
+    images, labels = np.asarray(batch.images, np.float32), np.asarray(batch.labels)
+    lr = None if batch.lr is None else np.asarray(batch.lr, np.float32)
+    if x64:
+      jax.config.update("jax_enable_x64", False)
+    try:
+      return common.evaluate_set(args, data, images, labels, k, lr=lr)
+    finally:
+      if x64:
+        jax.config.update("jax_enable_x64", True)
   ckpt = os.path.join(args.out, "checkpoint.npz")
   stream = os.path.join(args.out, "metrics.jsonl") if io.is_writer() else None  # process 0 writes files
   try:
     result = loop.distill(objective, param, syn, data.train_x, data.train_y, spec.num_classes, k_loop,
-                          loop_cfg, evaluator=evaluator, checkpoint_path=ckpt, resume=args.resume,
+                          loop_cfg, evaluator=evaluator if loop_cfg.eval_every else None,
+                          checkpoint_path=ckpt, resume=args.resume,
                           progress=not args.quiet, mesh=mesh, metrics_path=stream,
                           deadline=None if args.time_budget is None else start_monotonic + args.time_budget)
   except loop.Interrupted as e:  # Ctrl-C: the checkpoint is written; say how to continue
     e.resume_command = cli.resume_command("experiments.distill", argv)
     raise
-  if getattr(args, "x64_for_solve", False):  # KIP / RFAD's float64 solve: evaluation runs in float32
-    jax.config.update("jax_enable_x64", False)
+  finally:
+    if x64:  # the final evaluation and everything after run in float32
+      jax.config.update("jax_enable_x64", False)
   if not result.complete:
     done = len(result.losses)
     status = {"complete": False, "method": args.method, "ipc": args.ipc, "image_updates_done": done,

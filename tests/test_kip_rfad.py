@@ -167,8 +167,11 @@ def test_cli_kip_writes_krr_and_finite_accuracy_and_solves_in_float64_only_while
   out = tmp_path / "run"
   payload = distill.main(["--method", "kip", "--iterations", "2", "--out", str(out), "--ipc", "1",
                           "--real-per-class", "4", "--eval-models", "1", "--eval-epochs", "2", "--eval-width", "8",
-                          "--test-size", "200", "--no-eval-dsa", "--quiet", "--config", str(cfg), "--learn-labels"])
+                          "--test-size", "200", "--eval-dsa", "--eval-every", "1", "--quiet", "--config", str(cfg),
+                          "--learn-labels"])
   assert not jax.config.jax_enable_x64  # turned off again before evaluation
+  # the evaluations during the run (with DSA, whose ops once mixed float64 and float32 there) run in float32
+  assert [e["iteration"] for e in payload["evaluations"]] == [1, 2]
   saved = json.loads((out / "metrics.json").read_text())
   assert 0.0 <= saved["krr_test_accuracy"] <= 1.0 and saved["krr_test_size"] == 100
   assert 0.0 <= saved["test_accuracy_mean"] <= 1.0
