@@ -18,6 +18,8 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional
 
@@ -267,6 +269,30 @@ def _checkpoint_on_interrupt(save: Callable[[], Optional[str]], done: Callable[[
     raise Interrupted(path, done(), total) from e
 
 
+@contextlib.contextmanager
+def _deferred_sigint():
+  """Ctrl-C inside the block only sets a flag; yields ``pending() -> bool``, which the loop checks between
+  steps, so the interrupt never lands inside JAX's internals (a ``KeyboardInterrupt`` raised there, e.g. while
+  a dispatch holds a lock, could leave the process hanging instead of checkpointing). A second Ctrl-C raises at
+  once. Outside the main thread (no signal handlers there) it does nothing."""
+  if threading.current_thread() is not threading.main_thread():
+    yield lambda: False
+    return
+  hit = []
+  previous = signal.getsignal(signal.SIGINT)
+
+  def handler(signum, frame):
+    if hit:
+      raise KeyboardInterrupt
+    hit.append(signum)
+
+  signal.signal(signal.SIGINT, handler)
+  try:
+    yield lambda: bool(hit)
+  finally:
+    signal.signal(signal.SIGINT, previous)
+
+
 def _key_data(key) -> np.ndarray:
   try:
     return np.asarray(jax.random.key_data(key))
@@ -486,8 +512,11 @@ def distill(objective: Objective, param: Parameterisation, syn: SynState, real_i
 
   with progress_bar(total=config.iterations, desc=f"distill {objective.name}", disable=not progress,
                     unit="it", initial=start) as bar, \
-      _checkpoint_on_interrupt(save_interrupted, lambda: int(np.asarray(state.step)), config.iterations):
+      _checkpoint_on_interrupt(save_interrupted, lambda: int(np.asarray(state.step)), config.iterations), \
+      _deferred_sigint() as interrupt_pending:
     for it in range(start, config.iterations):
+      if interrupt_pending():
+        raise KeyboardInterrupt
       new_state, loss, aux = step(state, step_key, real_x)
       pending.append((loss, aux))
       state = new_state  # after the append: an interrupt never leaves a state without its loss
