@@ -15,9 +15,13 @@ The public surface, for ``import jaxdistill as jd``:
   :func:`from_arrays`, :func:`get_spec`, :class:`DatasetSpec`, :func:`sample_balanced`;
 * evaluation: the module :mod:`jaxdistill.evaluate` (``jd.evaluate.evaluate(images, labels, arch, key, ...)``;
   it keeps its module name, which the CLIs and tests import), :class:`EvalResult`;
-* the sub-packages ``augment``, ``data``, ``evaluate``, ``loop``, ``models``, ``objectives``, ``synthetic``.
+* training pieces: :mod:`jaxdistill.training` (the one epoch primitive: ``epoch_batches``, ``batch_step``,
+  ``train_epoch``) and :mod:`jaxdistill.unroll` (the differentiable inner-SGD unroll: ``sgd_step``,
+  ``scan_steps``);
+* the sub-packages ``augment``, ``data``, ``evaluate``, ``loop``, ``models``, ``objectives``, ``synthetic``,
+  ``training``, ``unroll``.
 """
-from jaxdistill import augment, data, evaluate, loop, models, objectives, synthetic
+from jaxdistill import augment, data, evaluate, loop, models, objectives, synthetic, training, unroll
 from jaxdistill.data import DatasetSpec, from_arrays, get_spec, load, sample_balanced
 from jaxdistill.evaluate import EvalResult
 from jaxdistill.loop import LoopConfig, distill
@@ -73,4 +77,6 @@ __all__ = [
     "synthetic",
     "trajectory",
     "trajectory_loss",
+    "training",
+    "unroll",
 ]

@@ -225,7 +225,7 @@ def train_models(images, labels, model, key, num_models: int, config: EvalConfig
 
   run_step = _step_program(model, config, dsa, n)
   reset = _reset_program(model, tuple(image_shape), config)
-  steps = -(-n // min(config.batch_size, n))
+  steps = training.epoch_steps(n, config.batch_size)[0]
   groups = [slice(0, num_models)] if strategy == "vmap" else [slice(m, m + 1) for m in range(num_models)]
 
   def train_group(states, data_keys, base_lr, bar):
@@ -281,24 +281,17 @@ def _step_program(model, config: EvalConfig, dsa: Optional[DSAParams], n: int):
   20 steps of a width-32 ConvNet on 100 images), and the per-step dispatch costs far less. Cached on its static
   configuration, so repeated evaluations of same-sized sets compile once.
   """
-  bs = min(config.batch_size, n)
-  steps = -(-n // bs)
-  pad = steps * bs - n
+  bs = int(config.batch_size)
   epochs = int(config.epochs)
   tx = training.sgd(config.lr, config.momentum, config.weight_decay)
 
   def run_step(state, data_key, lr0, shared_key, epoch, s, images, labels):
     ek = jax.random.fold_in(data_key, epoch)
     sk = jax.random.fold_in(shared_key, epoch)
-    perm = jax.random.permutation(ek, n)
-    order = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)]).reshape(steps, bs)
-    mask = jnp.concatenate([jnp.ones((n,)), jnp.zeros((pad,))]).reshape(steps, bs)
-    lr_e = training.step_decay(lr0, epoch, epochs)
-    idx = order[s]
+    batches = training.epoch_batches(ek, n, bs)
     op = None if dsa is None else choose_op(jax.random.fold_in(sk, s), dsa)
-    return training.train_step(model, tx, state, images[idx], labels[idx], jax.random.fold_in(ek, s + 1),
-                               weights=mask[s] if pad else None, dsa=dsa, op_index=op, learning_rate=lr_e,
-                               loss=config.loss)
+    return training.batch_step(model, tx, state, images, labels, batches, s, ek, dsa=dsa, op_index=op,
+                               learning_rate=training.step_decay(lr0, epoch, epochs), loss=config.loss)
 
   return jax.jit(jax.vmap(run_step, in_axes=(0, 0, 0, None, None, None, None, None)))
 

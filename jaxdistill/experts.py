@@ -149,32 +149,26 @@ def _make_epoch_fn(model, tx, n: int, batch_size: int, dsa: Optional[DSAParams])
   """``epoch(states, data_keys, shared_key, epoch, images, labels) -> (states, mean losses [E])``: one epoch
   of every expert of a shard, ``vmap`` over experts; the steps are a host loop of one jitted step (XLA:CPU
   runs convolutions inside a compiled ``lax.scan`` ~12x slower; same computation either way)."""
-  bs = min(batch_size, n)
-  steps = -(-n // bs)
-  pad = steps * bs - n
-  mask = jnp.concatenate([jnp.ones((n,)), jnp.zeros((pad,))]).reshape(steps, bs)
+  steps = training.epoch_steps(n, batch_size)[0]
 
   def order_one(data_key, epoch):
-    perm = jax.random.permutation(jax.random.fold_in(data_key, epoch), n)
-    return jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)]).reshape(steps, bs)
+    return training.epoch_batches(jax.random.fold_in(data_key, epoch), n, batch_size)
 
-  def step_one(state, data_key, order, shared_key, epoch, s, images, labels):
+  def step_one(state, data_key, batches, shared_key, epoch, s, images, labels):
     ek = jax.random.fold_in(data_key, epoch)
     sk = jax.random.fold_in(shared_key, epoch)
-    idx = order[s]
     op = None if dsa is None else choose_op(jax.random.fold_in(sk, s), dsa)
-    return training.train_step(model, tx, state, images[idx], labels[idx], jax.random.fold_in(ek, s + 1),
-                               weights=mask[s] if pad else None, dsa=dsa, op_index=op)
+    return training.batch_step(model, tx, state, images, labels, batches, s, ek, dsa=dsa, op_index=op)
 
   orders = jax.jit(jax.vmap(order_one, in_axes=(0, None)))
   step = jax.jit(jax.vmap(step_one, in_axes=(0, 0, 0, None, None, None, None, None)))
 
   def epoch_fn(states, data_keys, shared_key, epoch, images, labels):
     epoch = jnp.asarray(epoch, jnp.int32)
-    order = orders(data_keys, epoch)
+    batches = orders(data_keys, epoch)
     losses = []
     for s in range(steps):
-      states, loss = step(states, data_keys, order, shared_key, epoch, jnp.asarray(s, jnp.int32), images, labels)
+      states, loss = step(states, data_keys, batches, shared_key, epoch, jnp.asarray(s, jnp.int32), images, labels)
       losses.append(loss)
     return states, jnp.mean(jnp.stack(losses), axis=0)
 

@@ -142,6 +142,70 @@ def train_step(model, tx, state: TrainState, images, labels, key, weights=None,
   return new_state, value
 
 
+class EpochBatches(NamedTuple):
+  """One epoch's minibatches over ``n`` examples, the last one kept whole by padding (as PyTorch's DataLoader
+  keeps its last partial batch).
+
+  Attributes:
+    order: int ``[steps, bs]`` example indices, a random permutation of ``0..n-1`` read row by row; the padded
+      tail of the last row holds index 0.
+    mask: float ``[steps, bs]``, 1 for real entries and 0 for the padding; None when ``bs`` divides ``n`` (no
+      padding, so the step's loss is a plain mean).
+  """
+  order: jnp.ndarray
+  mask: Optional[jnp.ndarray]
+
+
+def epoch_steps(n: int, batch_size: int):
+  """``(steps, bs)`` of an epoch over ``n`` examples in batches of ``batch_size`` (``bs = min(batch_size, n)``,
+  ``steps = ⌈n / bs⌉``: the last partial batch is kept)."""
+  n, batch_size = int(n), int(batch_size)
+  if n < 1 or batch_size < 1:
+    raise ValueError(f"an epoch needs n >= 1 examples and batch_size >= 1, got n={n}, batch_size={batch_size}.")
+  bs = min(batch_size, n)
+  return -(-n // bs), bs
+
+
+def epoch_batches(key, n: int, batch_size: int) -> EpochBatches:
+  """The :class:`EpochBatches` of one epoch: ``permutation(key, n)`` cut into :func:`epoch_steps` rows."""
+  steps, bs = epoch_steps(n, batch_size)
+  pad = steps * bs - n
+  perm = jax.random.permutation(key, n)
+  if not pad:
+    return EpochBatches(perm.reshape(steps, bs), None)
+  order = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)]).reshape(steps, bs)
+  mask = jnp.concatenate([jnp.ones((n,), jnp.float32), jnp.zeros((pad,), jnp.float32)]).reshape(steps, bs)
+  return EpochBatches(order, mask)
+
+
+def batch_step(model, tx, state: TrainState, images, labels, batches: EpochBatches, s, key, **step_kwargs):
+  """:func:`train_step` on minibatch ``s`` of ``batches`` (its padding masked out of the loss).
+
+  ``key`` is the epoch's key, the one :func:`epoch_batches` permuted with: the step draws its augmentation from
+  ``fold_in(key, s + 1)``. ``step_kwargs`` go to :func:`train_step` (``dsa``, ``op_index``,
+  ``learning_rate``, ``loss``, ``return_logits``). The one minibatch step of every training loop: evaluation,
+  expert training, DC's inner network training and the forgetting-score network.
+  """
+  idx = batches.order[s]
+  weights = None if batches.mask is None else batches.mask[s]
+  return train_step(model, tx, state, images[idx], labels[idx], jax.random.fold_in(key, s + 1), weights=weights,
+                    **step_kwargs)
+
+
+def train_epoch(model, tx, state: TrainState, images, labels, key, batch_size: int, **step_kwargs):
+  """One epoch of :func:`batch_step` over ``images [N, ...]`` / ``labels [N]`` or ``[N, C]`` inside the graph
+  (``lax.fori_loop``; differentiable with respect to nothing but traceable, jit/vmap-safe): the permutation is
+  ``permutation(key, N)`` and step ``s`` augments with ``fold_in(key, s + 1)``. Returns the new state.
+
+  Host-looped callers (evaluation and expert training dispatch one compiled step at a time, faster on XLA:CPU)
+  use :func:`epoch_batches` and :func:`batch_step` directly with the same keys, so either way computes the same
+  epoch.
+  """
+  batches = epoch_batches(key, images.shape[0], batch_size)
+  body = lambda s, st: batch_step(model, tx, st, images, labels, batches, s, key, **step_kwargs)[0]
+  return jax.lax.fori_loop(0, batches.order.shape[0], body, state)
+
+
 def predict_batched(model, variables, images, batch_size: int = 1000):
   """Logits for ``images [N, H, W, C]`` in batches of ``batch_size`` (eval mode); ``[N, C]``."""
   n = images.shape[0]

@@ -287,3 +287,50 @@ def test_chunk_size_divides_epochs():
   for epochs in (1, 7, 20, 300, 1000, 997):
     c = ev._chunk_size(epochs)
     assert epochs % c == 0 and 1 <= c <= max(1, epochs // 20)
+
+
+# --- the one training epoch (permute, batch, pad-and-mask, step) -------------------------------------------------
+
+@pytest.mark.parametrize("n,bs,steps", [(10, 4, 3), (12, 4, 3), (3, 8, 1), (1, 1, 1)])
+def test_epoch_batches_present_every_example_once(n, bs, steps):
+  batches = training.epoch_batches(jax.random.PRNGKey(n), n, bs)
+  assert batches.order.shape == (steps, min(bs, n)) == training.epoch_steps(n, bs)
+  order = np.asarray(batches.order).ravel()
+  if batches.mask is None:
+    assert steps * min(bs, n) == n
+    real = order
+  else:
+    mask = np.asarray(batches.mask).ravel()
+    assert mask.sum() == n and np.all(mask[:n] == 1) and np.all(mask[n:] == 0)  # padding only in the last row
+    real = order[mask > 0]
+  assert sorted(real.tolist()) == list(range(n))  # each example once: the last partial batch is kept
+
+
+def test_epoch_steps_rejects_empty_input():
+  with pytest.raises(ValueError, match="n >= 1"):
+    training.epoch_steps(0, 4)
+  with pytest.raises(ValueError, match="batch_size >= 1"):
+    training.epoch_steps(4, 0)
+
+
+def test_train_epoch_equals_the_host_loop_and_masks_the_tail(convnet, fmnist_subset):
+  model, tx, state = convnet
+  x, y = jnp.asarray(fmnist_subset[0][:10]), jnp.asarray(fmnist_subset[1][:10])
+  key = jax.random.PRNGKey(3)
+  dsa = DSAParams()
+  compiled = jax.jit(lambda s: training.train_epoch(model, tx, s, x, y, key, 4, dsa=dsa, op_index=0))(state)
+  batches = training.epoch_batches(key, 10, 4)
+  step = jax.jit(lambda s, i: training.batch_step(model, tx, s, x, y, batches, i, key, dsa=dsa, op_index=0)[0])
+  host = state
+  for i in range(3):
+    host = step(host, i)
+  assert int(compiled.step) == int(host.step) == 3
+  _tree_close(compiled.variables, host.variables, rtol=1e-4, atol=1e-6)
+  # The last step's padded entries (index 0 repeated) do not count: garbage there changes nothing.
+  last = batches.order[2]
+  mask = batches.mask[2]
+  garbage_x = x.at[0].set(jnp.where(jnp.any(last[mask > 0] == 0), x[0], 100.0))
+  a = training.batch_step(model, tx, host, garbage_x, y, batches, 2, key)[1]
+  b = training.train_step(model, tx, host, x[last[mask > 0]], y[last[mask > 0]],
+                          jax.random.fold_in(key, 3))[1]
+  np.testing.assert_allclose(a, b, rtol=1e-5)

@@ -40,9 +40,11 @@ import numpy as np
 import optax
 
 from jaxdistill import models, training
+from jaxdistill import unroll as inner_unroll
 from jaxdistill.models.layers import check_choice
 from jaxdistill.objectives.base import Objective, RealBatch
 from jaxdistill.synthetic.labels import LABEL_PROJECTIONS, LABEL_STARTS
+from jaxdistill.unroll import InnerState, sgd_step  # noqa: F401  (the shared unroll's step, re-exported)
 
 LABEL_TRANSFORMS = ("raw", "softmax")
 LR_PARAMS = ("softplus", "identity")
@@ -170,37 +172,6 @@ class BPTTConfig:
     return out or None
 
 
-class InnerState(NamedTuple):
-  """The carry of the unroll: ``params`` (the trained pytree), ``velocity`` (momentum buffer, None for plain
-  SGD) and ``extra`` (other model collections, e.g. batch-norm statistics; may be an empty dict)."""
-  params: Any
-  velocity: Any
-  extra: Any
-
-
-def sgd_step(loss_fn: Callable, state: InnerState, x, y, lr, momentum: float = 0.0,
-             weight_decay: float = 0.0):
-  """One inner step ``θ ← θ − α (β v + ∇θ ℓ(θ; x, y) + λ θ)`` (PyTorch-style momentum, DD Eq. 6 for β = 0).
-
-  Args:
-    loss_fn: ``loss_fn(params, extra, x, y) -> (loss, new_extra)``.
-    state: the current :class:`InnerState` (``velocity`` None when ``momentum == 0``).
-    lr: scalar step size ``α`` (traced: differentiable).
-
-  Returns:
-    ``(new_state, loss)`` with the loss before the update.
-  """
-  (loss, extra), g = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.extra, x, y)
-  if weight_decay:
-    g = jax.tree_util.tree_map(lambda gi, p: gi + weight_decay * p, g, state.params)
-  velocity = None
-  if momentum:
-    velocity = jax.tree_util.tree_map(lambda v, gi: momentum * v + gi, state.velocity, g)
-    g = velocity
-  params = jax.tree_util.tree_map(lambda p, gi: p - lr * gi, state.params, g)
-  return InnerState(params, velocity, extra), loss
-
-
 def unroll(loss_fn: Callable, params, batches_x, batches_y, lrs, *, extra=None, momentum: float = 0.0,
            weight_decay: float = 0.0, checkpoint: bool = False, scan_unroll: int = 1, batch_offset=0):
   """``T = len(lrs)`` inner steps (:func:`sgd_step`) in one ``lax.scan``; step ``t`` uses mini-batch
@@ -220,8 +191,7 @@ def unroll(loss_fn: Callable, params, batches_x, batches_y, lrs, *, extra=None, 
     ``(InnerState after T steps, losses [T])`` — ``losses[t]`` is the mini-batch loss at ``θ_t``.
   """
   num_batches = batches_x.shape[0]
-  velocity = jax.tree_util.tree_map(jnp.zeros_like, params) if momentum else None
-  init = InnerState(params, velocity, {} if extra is None else extra)
+  init = inner_unroll.init_state(params, momentum, extra)
 
   def step(state, inp):
     t, lr = inp
@@ -233,10 +203,9 @@ def unroll(loss_fn: Callable, params, batches_x, batches_y, lrs, *, extra=None, 
       y = jax.lax.dynamic_index_in_dim(batches_y, b, keepdims=False)
     return sgd_step(loss_fn, state, x, y, lr, momentum, weight_decay)
 
-  if checkpoint:
-    step = jax.checkpoint(step, prevent_cse=False)
   steps = jnp.arange(lrs.shape[0], dtype=jnp.int32)
-  return jax.lax.scan(step, init, (steps, lrs), unroll=max(1, min(int(scan_unroll), lrs.shape[0])))
+  return inner_unroll.scan_steps(step, init, (steps, lrs), checkpoint="step" if checkpoint else "none",
+                                 scan_unroll=scan_unroll)
 
 
 def minibatches(images, labels, num_classes: int, batch_per_class: int):

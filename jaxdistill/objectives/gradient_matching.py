@@ -264,30 +264,10 @@ def make_gradient_matching(config: GradientMatchingConfig, *, num_classes: int, 
                             config.class_batch)
     return jnp.sum(dist), {"per_class": dist}
 
-  def epoch_order(key, e, n: int):
-    """Epoch ``e``'s key and minibatch order ``[steps, bs]`` over ``n`` images (the last row padded)."""
-    bs = min(config.batch_train, n)
-    steps = -(-n // bs)
-    ek = jax.random.fold_in(key, e)
-    perm = jax.random.permutation(ek, n)
-    return ek, jnp.concatenate([perm, jnp.zeros((steps * bs - n,), perm.dtype)]).reshape(steps, bs)
-
-  def sgd_step(net, images, labels, order, ek, s):
-    """One inner SGD step (per-image DSA when on) on minibatch ``order[s]``; padding is masked out."""
-    n = images.shape[0]
-    steps, bs = order.shape
-    pad = steps * bs - n
-    mask = jnp.concatenate([jnp.ones((n,)), jnp.zeros((pad,))]).reshape(steps, bs)
-    idx = order[s]
-    return training.train_step(model, tx, net, images[idx], labels[idx], jax.random.fold_in(ek, s + 1),
-                               weights=mask[s] if pad else None, dsa=dsa)[0]
-
   def train_net(net, images, labels, key):
-    def epoch(e, net):
-      ek, order = epoch_order(key, e, images.shape[0])
-      return jax.lax.fori_loop(0, order.shape[0], lambda s, net: sgd_step(net, images, labels, order, ek, s),
-                               net)
-
+    """``inner`` epochs of SGD (lr_net, per-image DSA when on; the last partial batch kept, padding masked)."""
+    epoch = lambda e, net: training.train_epoch(model, tx, net, images, labels, jax.random.fold_in(key, e),
+                                                config.batch_train, dsa=dsa)
     return jax.lax.fori_loop(0, inner, epoch, net)
 
   def update(state: GMState, syn, key):
@@ -307,8 +287,9 @@ def make_gradient_matching(config: GradientMatchingConfig, *, num_classes: int, 
   host_update = None
   if config.host_inner:
     fresh_jit = jax.jit(fresh)
-    epoch_order_jit = jax.jit(epoch_order, static_argnums=2)
-    sgd_step_jit = jax.jit(sgd_step)
+    batches_jit = jax.jit(training.epoch_batches, static_argnums=(1, 2))
+    step_jit = jax.jit(lambda net, images, labels, batches, ek, s: training.batch_step(
+        model, tx, net, images, labels, batches, s, ek, dsa=dsa)[0])
 
     def host_update(state: GMState, syn, key):
       """:func:`update` as a host loop of jitted SGD steps (same keys, same computation)."""
@@ -319,9 +300,10 @@ def make_gradient_matching(config: GradientMatchingConfig, *, num_classes: int, 
       images, labels = jax.lax.stop_gradient(syn.images), syn.labels
       net = state.net
       for e in range(inner):
-        ek, order = epoch_order_jit(k_train, jnp.int32(e), images.shape[0])
-        for s in range(order.shape[0]):
-          net = sgd_step_jit(net, images, labels, order, ek, jnp.int32(s))
+        ek = jax.random.fold_in(k_train, e)
+        batches = batches_jit(ek, images.shape[0], config.batch_train)
+        for s in range(batches.order.shape[0]):
+          net = step_jit(net, images, labels, batches, ek, jnp.int32(s))
       return GMState(net, count)
 
   return Objective(name, init, loss, update, config, host_update=host_update)

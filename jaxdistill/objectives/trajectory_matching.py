@@ -35,7 +35,6 @@ computed on stopped values).
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import chex
@@ -45,6 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdistill import experts, models, training
+from jaxdistill import unroll as inner_unroll
+from jaxdistill.unroll import segment_length  # noqa: F401  (re-exported: the √N checkpoint segments)
 from jaxdistill.augment import DEFAULT_STRATEGY, OPS, DSAParams, apply_op, choose_op
 from jaxdistill.models.layers import check_choice
 from jaxdistill.objectives.base import Objective, RealBatch
@@ -146,12 +147,6 @@ class TrajectoryMatchingConfig:
     return {"lr": float(self.lr_lr)}
 
 
-def segment_length(n: int) -> int:
-  """Checkpoint segment length for ``n`` steps: the largest divisor of ``n`` not above ``√n``."""
-  limit = max(1, int(math.isqrt(int(n))))
-  return max(d for d in range(1, limit + 1) if n % d == 0)
-
-
 class Student(NamedTuple):
   """The student of one objective: ``step(θ [P], i, images, labels, lr, key) -> θ'`` (one SGD step on the
   ``i``-th mini-batch, MTT Eq. 1) and ``unflatten`` (flat vector -> Flax params)."""
@@ -191,7 +186,9 @@ def make_student(model, image_shape, num_images: int, batch_syn: Optional[int],
     if dsa is not None:
       k_op, k_par = jax.random.split(k_aug)
       x = apply_op(choose_op(k_op, dsa), k_par, x, dsa, per_image=True)
-    return theta - lr * jax.grad(ce)(theta, x, y)
+    # The shared inner step (jaxdistill.unroll.sgd_step): plain SGD, θ − α ∇θ ℓ.
+    return inner_unroll.sgd_step(lambda p, e, xb, yb: (ce(p, xb, yb), e), inner_unroll.InnerState(theta, None, {}),
+                                 x, y, lr)[0].params
 
   return Student(step, unflatten, num_params, model)
 
@@ -214,25 +211,10 @@ def student_unroll(student: Student, theta0, images, labels, lr, key, num_steps:
 def _unroll_steps(step, theta0, num_steps: int, checkpoint: bool = False, first_order: bool = False,
                   unroll: bool = False):
   """``θ̂_N`` after ``num_steps`` applications of ``step(θ, i) -> θ`` from ``theta0`` (any pytree); options as
-  :func:`student_unroll`."""
-  def body(theta, i):
-    if first_order:
-      fixed = jax.lax.stop_gradient(theta)
-      new = step(fixed, i)
-      return jax.tree_util.tree_map(lambda t, n, f: t + (n - f), theta, new, fixed), None
-    return step(theta, i), None
-
-  steps = jnp.arange(int(num_steps))
-  if not checkpoint:
-    return jax.lax.scan(body, theta0, steps, unroll=_unroll(unroll, num_steps))[0]
-  k = segment_length(num_steps)
-  inner = jax.checkpoint(body, prevent_cse=False)
-
-  def segment(theta, s):
-    return jax.lax.scan(inner, theta, s * k + jnp.arange(k), unroll=_unroll(unroll, k))[0], None
-
-  return jax.lax.scan(jax.checkpoint(segment, prevent_cse=False), theta0, jnp.arange(num_steps // k),
-                      unroll=_unroll(unroll, num_steps // k))[0]
+  :func:`student_unroll`, run by the shared :func:`jaxdistill.unroll.scan_steps` (√N checkpoint segments)."""
+  return inner_unroll.scan_steps(lambda theta, i: (step(theta, i), None), theta0, jnp.arange(int(num_steps)),
+                                 checkpoint="segments" if checkpoint else "none",
+                                 scan_unroll=_unroll(unroll, num_steps), first_order=first_order)[0]
 
 
 def _unroll(unroll: bool, length: int) -> int:
