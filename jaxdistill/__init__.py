@@ -75,8 +75,8 @@ __all__ = [
     "register",
     "sample_balanced",
     "synthetic",
+    "training",
     "trajectory",
     "trajectory_loss",
-    "training",
     "unroll",
 ]
