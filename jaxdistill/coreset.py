@@ -21,6 +21,7 @@ from jaxdistill import models, training
 from jaxdistill.data.sampling import check_ipc, class_index, random_subset
 from jaxdistill.models.layers import check_choice
 from jaxdistill.progress import progress_bar
+from jaxdistill.validation import check_ints, check_network
 
 METHODS = ("random", "herding", "kcenter", "forgetting")
 
@@ -110,11 +111,9 @@ class FeatureNetConfig:
   max_examples: Optional[int] = None
 
   def validate(self):
-    for name in ("width", "epochs", "batch_size"):
-      if int(getattr(self, name)) < 1:
-        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-    if self.max_examples is not None and self.max_examples < 1:
-      raise ValueError(f"max_examples must be >= 1 or None, got {self.max_examples}.")
+    check_network(self.arch, self.width)
+    check_ints(self, ("epochs", "batch_size"))
+    check_ints(self, "max_examples", optional=True)
     return self
 
 

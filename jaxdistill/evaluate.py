@@ -25,6 +25,7 @@ import numpy as np
 from jaxdistill import models, sharding, training
 from jaxdistill.augment import DSAParams, choose_op
 from jaxdistill.progress import progress_bar
+from jaxdistill.validation import check_choice, check_ints, check_positive
 
 
 class EvalResult(NamedTuple):
@@ -61,13 +62,9 @@ class EvalConfig:
   loss: str = "cross_entropy"
 
   def validate(self):
-    for name in ("epochs", "batch_size", "test_batch_size"):
-      if int(getattr(self, name)) < 1:
-        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-    if not self.lr > 0:
-      raise ValueError(f"lr must be > 0, got {self.lr}.")
-    if self.loss not in training.LOSSES:
-      raise ValueError(f"loss must be one of {list(training.LOSSES)}, got {self.loss!r}.")
+    check_ints(self, ("epochs", "batch_size", "test_batch_size"))
+    check_positive(self, "lr")
+    check_choice("loss", self.loss, training.LOSSES)
     return self
 
 
@@ -140,8 +137,7 @@ def prepare_labels(labels, num_classes: int, rule: str = "cross_entropy") -> np.
     ``cross_entropy``: int labels unchanged, soft labels projected onto the simplex (so the soft-label
     cross-entropy is bounded below; raw learned labels can be negative). ``mse``: ``[N, C]`` float targets.
   """
-  if rule not in LABEL_RULES:
-    raise ValueError(f"label rule must be one of {list(LABEL_RULES)}, got {rule!r}.")
+  check_choice("label rule", rule, LABEL_RULES)
   labels = np.asarray(labels)
   if rule == "cross_entropy":
     if labels.ndim == 1:
@@ -181,8 +177,7 @@ def default_strategy() -> str:
   import os
   default = "sequential" if jax.default_backend() == "cpu" else "vmap"
   choice = os.environ.get("JAXDISTILL_EVAL_STRATEGY", default)
-  if choice not in STRATEGIES[1:]:
-    raise ValueError(f"JAXDISTILL_EVAL_STRATEGY must be one of {list(STRATEGIES[1:])}, got {choice!r}.")
+  check_choice("JAXDISTILL_EVAL_STRATEGY", choice, STRATEGIES[1:])
   return choice
 
 
@@ -203,8 +198,7 @@ def train_models(images, labels, model, key, num_models: int, config: EvalConfig
     Stacked variables of the trained models (leading axis ``num_models``).
   """
   config.validate()
-  if strategy not in STRATEGIES:
-    raise ValueError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}.")
+  check_choice("strategy", strategy, STRATEGIES)
   if strategy == "auto":
     strategy = "vmap" if mesh is not None else default_strategy()
   images = jnp.asarray(images, jnp.float32)
@@ -337,10 +331,8 @@ def evaluate(images, labels, arch: str = "convnet", key=None, num_models: int = 
   """
   if key is None:
     raise ValueError("key must be a jax.random.PRNGKey; evaluation has no hidden randomness.")
-  if int(num_models) < 1:
-    raise ValueError(f"num_models must be >= 1, got {num_models}.")
-  if label_rule not in LABEL_RULES:
-    raise ValueError(f"label_rule must be one of {list(LABEL_RULES)}, got {label_rule!r}.")
+  check_ints({"num_models": num_models}, "num_models")
+  check_choice("label_rule", label_rule, LABEL_RULES)
   if lr is not None and np.ndim(lr) != 0:
     raise ValueError(f"lr must be a scalar learning rate, got shape {np.shape(lr)}: per-step rates (DD's [T] "
                      "learned alphas) train by their own unroll, jaxdistill.objectives.bptt.unrolled_accuracy; "

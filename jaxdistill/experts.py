@@ -37,9 +37,9 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from jaxdistill import io, models, sharding, training
-from jaxdistill.augment import DEFAULT_STRATEGY, OPS, DSAParams, choose_op
-from jaxdistill.models.layers import check_choice
+from jaxdistill.augment import DEFAULT_STRATEGY, DSAParams, choose_op
 from jaxdistill.progress import progress_bar
+from jaxdistill.validation import check_dsa_strategy, check_ints, check_network, check_positive
 
 FORMAT = "jaxdistill-expert-buffer"
 BUFFER_VERSION = 1
@@ -81,24 +81,14 @@ class ExpertConfig:
   seed: int = 0
 
   def validate(self):
-    check_choice("arch", self.arch, models.ARCHITECTURES)
+    check_network(self.arch, self.width, self.depth)
     if self.arch.endswith("_bn"):
       raise ValueError(f"arch must be a network without batch-norm statistics for expert buffers, got "
                        f"{self.arch!r}; accepted: "
                        f"{[a for a in models.ARCHITECTURES if not a.endswith('_bn')]}.")
-    for name in ("width", "num_experts", "experts_per_shard", "epochs", "batch_size"):
-      v = getattr(self, name)
-      if not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {v!r}.")
-    if self.depth is not None and int(self.depth) < 1:
-      raise ValueError(f"depth must be None or an integer >= 1, got {self.depth!r}.")
-    if not self.lr > 0:
-      raise ValueError(f"lr must be > 0, got {self.lr!r}.")
-    if not self.zca_reg > 0:
-      raise ValueError(f"zca_reg must be > 0, got {self.zca_reg!r}.")
-    for op in self.dsa_strategy:
-      if op not in OPS:
-        raise ValueError(f"dsa_strategy entries must be in {list(OPS)}, got {op!r}.")
+    check_ints(self, ("num_experts", "experts_per_shard", "epochs", "batch_size"))
+    check_positive(self, ("lr", "zca_reg"))
+    check_dsa_strategy(self.dsa_strategy)
     return self
 
   def model_kwargs(self) -> Dict[str, Any]:

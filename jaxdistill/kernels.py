@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdistill.validation import check_choice, check_ints, check_network, check_nonnegative, check_positive
+
 ARCHS = ("fc", "convnet")
 KINDS = ("ntk", "nngp")
 POOLINGS = ("avg", "none")
@@ -76,18 +78,11 @@ class KernelConfig:
   width: int = 1024
 
   def validate(self):
-    for name, value, accepted in (("arch", self.arch, ARCHS), ("kind", self.kind, KINDS),
-                                  ("pooling", self.pooling, POOLINGS)):
-      if value not in accepted:
-        raise ValueError(f"{name} must be one of {list(accepted)}, got {value!r}.")
-    if self.depth is not None and (not isinstance(self.depth, (int, np.integer)) or self.depth < 1):
-      raise ValueError(f"depth must be None or an integer >= 1, got {self.depth!r}.")
-    if not self.W_std > 0:
-      raise ValueError(f"W_std must be > 0, got {self.W_std!r}.")
-    if not self.b_std >= 0:
-      raise ValueError(f"b_std must be >= 0, got {self.b_std!r}.")
-    if int(self.width) < 1:
-      raise ValueError(f"width must be an integer >= 1, got {self.width!r}.")
+    check_network(self.arch, self.width, self.depth, archs=ARCHS)
+    check_choice("kind", self.kind, KINDS)
+    check_choice("pooling", self.pooling, POOLINGS)
+    check_positive(self, "W_std")
+    check_nonnegative(self, "b_std")
     return self
 
   def resolved_depth(self, image_shape) -> int:
@@ -179,8 +174,7 @@ def batched_kernel_fn(config: KernelConfig, num_classes: int = 10, image_shape=(
   """
   nt, _ = require_neural_tangents()
   _, _, kernel_fn = stax_network(config, num_classes, image_shape)
-  if int(batch_size) < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size!r}.")
+  check_ints({"batch_size": batch_size}, "batch_size")
   bs = int(batch_size)
   batched = nt.batch(kernel_fn, batch_size=bs, device_count=0, store_on_device=store_on_device)
 

@@ -28,11 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxdistill import io, sharding
+from jaxdistill import io, orbax_checkpoint, sharding
 from jaxdistill.data.sampling import check_ipc, class_index, sample_balanced
 from jaxdistill.objectives.base import Objective, RealBatch
 from jaxdistill.progress import progress_bar
 from jaxdistill.synthetic.base import Parameterisation, SynState
+from jaxdistill.validation import check_choice, check_in_range, check_ints, check_positive, is_number
 
 OPTIMIZERS = ("sgd", "adam", "lamb")
 LR_SCHEDULES = ("constant", "cosine")
@@ -69,26 +70,15 @@ class LoopConfig:
   param_lrs: Optional[Mapping[str, float]] = None
 
   def validate(self):
-    if self.optimizer not in OPTIMIZERS:
-      raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}.")
-    if self.lr_schedule not in LR_SCHEDULES:
-      raise ValueError(f"lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}.")
-    if not 0.0 <= self.lr_final_fraction <= 1.0:
-      raise ValueError(f"lr_final_fraction must be in [0, 1], got {self.lr_final_fraction!r}.")
-    for name in ("iterations", "real_per_class"):
-      v = getattr(self, name)
-      if not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {v!r}.")
-    for name in ("eval_every", "checkpoint_every"):
-      v = getattr(self, name)
-      if not isinstance(v, (int, np.integer)) or v < 0:
-        raise ValueError(f"{name} must be an integer >= 0 (0 = off), got {v!r}.")
-    if not (isinstance(self.lr_img, (int, float)) and self.lr_img > 0):
-      raise ValueError(f"lr_img must be a number > 0, got {self.lr_img!r}.")
-    if not 0.0 <= self.momentum < 1.0:
-      raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}.")
+    check_choice("optimizer", self.optimizer, OPTIMIZERS)
+    check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+    check_in_range("lr_final_fraction", self.lr_final_fraction, 0, 1)
+    check_ints(self, ("iterations", "real_per_class"))
+    check_ints(self, ("eval_every", "checkpoint_every"), minimum=0, note="0 = off")
+    check_positive(self, "lr_img")
+    check_in_range("momentum", self.momentum, 0, 1, hi_closed=False)
     for name, lr in dict(self.param_lrs or {}).items():
-      if not isinstance(name, str) or not (isinstance(lr, (int, float)) and lr > 0):
+      if not isinstance(name, str) or not (is_number(lr) and lr > 0):
         raise ValueError(f"param_lrs must map parameter names to numbers > 0, got {name!r}: {lr!r}.")
     return self
 
@@ -136,14 +126,17 @@ class LoopState(NamedTuple):
 class DistillResult(NamedTuple):
   """Outcome of :func:`distill`: final state, ``losses [iterations]`` (float), evaluations
   ``[(iteration, EvalResult)]``, steady-state seconds per iteration (compile and evaluation excluded),
-  the iteration the run started from (> 0 after a resume) and whether all ``config.iterations`` ran (False when
-  a ``deadline`` stopped it; the checkpoint holds the state to resume from)."""
+  the iteration the run started from (> 0 after a resume), whether all ``config.iterations`` ran (False when
+  a ``deadline`` stopped it; the checkpoint holds the state to resume from) and ``first_step_time``, the wall-clock
+  time (``time.time()``) at which this call's first step had finished (compilation included; None if no step
+  ran) — start-up cost is ``first_step_time`` minus the process's start."""
   state: LoopState
   losses: np.ndarray
   evals: List[Any]
   seconds_per_iteration: float
   start_iteration: int
   complete: bool = True
+  first_step_time: Optional[float] = None
 
 
 def init_state(objective: Objective, syn: SynState, key, config: LoopConfig) -> LoopState:
@@ -302,18 +295,22 @@ def _key_data(key) -> np.ndarray:
 
 def save_checkpoint(path: str, state: LoopState, key, losses, metadata: Optional[Dict] = None) -> str:
   """Writes the loop state (flattened pytree leaves ``leaf_00000`` …), the key and the loss history to an
-  ``.npz`` (no pickle). Returns ``path``."""
+  ``.npz`` (no pickle; process 0 writes), or — for a ``path`` not ending in ``.npz`` — to an orbax checkpoint
+  directory (:mod:`jaxdistill.orbax_checkpoint`: every process takes part, multi-host safe). Returns ``path``."""
   leaves = jax.tree_util.tree_leaves(state)
   arrays = {f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)}
   arrays["key"] = _key_data(key)
   arrays["losses"] = np.asarray(losses, np.float32)
   meta = {"checkpoint_version": CHECKPOINT_VERSION, "num_leaves": len(leaves),
           "step": int(np.asarray(state.step)), **(metadata or {})}
+  if orbax_checkpoint.is_orbax_path(path):
+    return orbax_checkpoint.save(path, arrays, meta)
   return io.save_npz(path, arrays, meta)
 
 
 def load_checkpoint(path: str, template: LoopState, key):
-  """Restores a :class:`LoopState` saved by :func:`save_checkpoint` into the structure of ``template``.
+  """Restores a :class:`LoopState` saved by :func:`save_checkpoint` (``.npz`` or orbax directory, by ``path``)
+  into the structure of ``template``.
 
   Returns:
     ``(state, losses, metadata)``.
@@ -322,7 +319,7 @@ def load_checkpoint(path: str, template: LoopState, key):
     ValueError: the file is missing, truncated or not a checkpoint, its leaves do not match ``template``
       (another method/config) or it was written with a different key; the message names the file.
   """
-  arrays, meta = io.load_npz(path)
+  arrays, meta = orbax_checkpoint.load(path) if orbax_checkpoint.is_orbax_path(path) else io.load_npz(path)
   leaves, treedef = jax.tree_util.tree_flatten(template)
   if "checkpoint_version" not in meta:
     raise ValueError(f"{path!r} is not a jaxdistill checkpoint (no checkpoint_version in its metadata).")
@@ -417,7 +414,8 @@ def distill(objective: Objective, param: Parameterisation, syn: SynState, real_i
     real_images: ``[N, H, W, C]`` normalised training images; real_labels: int ``[N]``.
     key: PRNG key; iteration ``t`` uses ``fold_in(key, t)``.
     evaluator: ``(SyntheticBatch, key) -> EvalResult``, called every ``config.eval_every`` iterations.
-    checkpoint_path: where to write the checkpoint (every ``checkpoint_every`` iterations and at the end).
+    checkpoint_path: where to write the checkpoint (every ``checkpoint_every`` iterations and at the end): a
+      ``.npz`` file, or any other path for an orbax checkpoint directory (multi-host safe; :func:`save_checkpoint`).
     resume: continue from ``checkpoint_path`` if it exists (same key and configuration required).
     log: optional ``log(iteration, loss)`` callback, called whenever losses are fetched.
     mesh: optional :class:`jax.sharding.Mesh` (:func:`jaxdistill.sharding.make_mesh`): the step runs over its
@@ -441,8 +439,7 @@ def distill(objective: Objective, param: Parameterisation, syn: SynState, real_i
   Raises:
     Interrupted: on Ctrl-C (``KeyboardInterrupt``), after writing the checkpoint of the last finished step.
   """
-  if not isinstance(log_every, (int, np.integer)) or log_every < 1:
-    raise ValueError(f"log_every must be an integer >= 1, got {log_every!r}.")
+  check_ints({"log_every": log_every}, "log_every")
   config.validate()
   real_labels = np.asarray(real_labels)
   index = class_index(real_labels, num_classes)
@@ -464,6 +461,7 @@ def distill(objective: Objective, param: Parameterisation, syn: SynState, real_i
   pending = []
   timed, timed_seconds = _timing(resumed)
   complete = True
+  first_step_time = None
   t_begin = time.perf_counter()
   sync = {"time": None, "steps": 0}  # the last host-device sync after compilation, steps dispatched since
   if metrics_path:
@@ -524,6 +522,7 @@ def distill(objective: Objective, param: Parameterisation, syn: SynState, real_i
       if it == start:  # the first step of this call includes compilation: wait for it, then start the clock
         jax.block_until_ready(loss)
         sync["time"] = time.perf_counter()
+        first_step_time = time.time()
       else:
         sync["steps"] += 1
       if done % log_every == 0 or done == config.iterations:
@@ -551,4 +550,4 @@ def distill(objective: Objective, param: Parameterisation, syn: SynState, real_i
   ran = len(losses) - start
   # No step timed yet (a run of one iteration): the whole call per iteration, compilation included.
   spi = timed_seconds / timed if timed else ((time.perf_counter() - t_begin) / ran if ran > 0 else float("nan"))
-  return DistillResult(state, np.asarray(losses, np.float64), evals, spi, start, complete)
+  return DistillResult(state, np.asarray(losses, np.float64), evals, spi, start, complete, first_step_time)

@@ -25,6 +25,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxdistill.validation import check_choice, check_ints
+
 CHECKPOINTS = ("none", "step", "segments")
 
 
@@ -94,10 +96,8 @@ def scan_steps(step: Callable, carry, xs, *, checkpoint: str = "none", scan_unro
   Returns:
     ``(carry_T, ys)`` with ``ys`` stacked over the ``T`` steps.
   """
-  if checkpoint not in CHECKPOINTS:
-    raise ValueError(f"checkpoint must be one of {list(CHECKPOINTS)}, got {checkpoint!r}.")
-  if int(scan_unroll) < 1:
-    raise ValueError(f"scan_unroll must be an integer >= 1, got {scan_unroll!r}.")
+  check_choice("checkpoint", checkpoint, CHECKPOINTS)
+  check_ints({"scan_unroll": scan_unroll}, "scan_unroll")
   length = _length(xs)
   body = step
   if first_order:

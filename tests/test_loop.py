@@ -68,6 +68,30 @@ def test_checkpoint_roundtrip_rejects_other_structure(small, tmp_path):
     loop.load_checkpoint(path, other, jax.random.PRNGKey(1))
 
 
+def test_orbax_checkpoint_directory_resumes_bit_for_bit(small, tmp_path):
+  """A checkpoint path not ending in .npz is an orbax directory (multi-host-safe saves): same resume, same checks;
+  one committed save kept."""
+  full = _run(small, "dm", 4)
+  path = str(tmp_path / "ckpt.orbax")
+  first = _run(small, "dm", 2, path=path, checkpoint_every=1)
+  assert first.state.step == 2 and sorted(os.listdir(path)) == ["step_00000002"]
+  resumed = _run(small, "dm", 4, path=path, resume=True)
+  assert resumed.start_iteration == 2 and sorted(os.listdir(path)) == ["step_00000004"]
+  for a, b in zip(_leaves(full.state), _leaves(resumed.state)):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(full.losses, resumed.losses)
+  state, losses, meta = loop.load_checkpoint(path, resumed.state, jax.random.PRNGKey(1))
+  assert meta["step"] == 4 and len(losses) == 4
+  with pytest.raises(ValueError, match="key"):
+    loop.load_checkpoint(path, resumed.state, jax.random.PRNGKey(7))
+  with pytest.raises(ValueError, match="arrays"):
+    loop.load_checkpoint(path, resumed.state._replace(obj_state={"extra": jnp.zeros(3)}), jax.random.PRNGKey(1))
+  empty = tmp_path / "empty.orbax"
+  empty.mkdir()
+  with pytest.raises(ValueError, match="no orbax checkpoint"):
+    loop.load_checkpoint(str(empty), resumed.state, jax.random.PRNGKey(1))
+
+
 @pytest.mark.parametrize("bad, match", [
     (dict(optimizer="rmsprop"), "optimizer"), (dict(iterations=0), "iterations"),
     (dict(lr_img=-1.0), "lr_img"), (dict(momentum=1.5), "momentum"), (dict(real_per_class=0), "real_per_class"),

@@ -29,6 +29,7 @@ from jaxdistill import coreset, io, loop, objectives, synthetic
 from jaxdistill.augment import DEFAULT_STRATEGY, DIGIT_STRATEGY, default_params
 from jaxdistill.evaluate import EvalResult, evaluate
 from jaxdistill.models.layers import check_choice
+from jaxdistill.validation import check_ints, check_network, check_positive
 
 METHODS = ("dm", "herding", "random")
 
@@ -66,15 +67,13 @@ class ContinualConfig:
 
   def validate(self):
     check_choice("method", self.method, METHODS)
-    for name in ("memory_per_class", "num_steps", "classes_per_step", "dm_iterations", "dm_real_per_class",
-                 "dm_width", "feature_width", "feature_epochs", "eval_width", "eval_models", "eval_epochs"):
-      v = getattr(self, name)
-      if not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {v!r}.")
-    if not self.dm_lr_img > 0:
-      raise ValueError(f"dm_lr_img must be > 0, got {self.dm_lr_img!r}.")
-    if self.feature_max_examples is not None and self.feature_max_examples < 1:
-      raise ValueError(f"feature_max_examples must be None or >= 1, got {self.feature_max_examples!r}.")
+    check_network(None, self.dm_width, prefix="dm_")
+    check_network(None, self.feature_width, prefix="feature_")
+    check_network(self.eval_arch, self.eval_width, prefix="eval_")
+    check_ints(self, ("memory_per_class", "num_steps", "classes_per_step", "dm_iterations", "dm_real_per_class",
+                      "feature_epochs", "eval_models", "eval_epochs"))
+    check_positive(self, "dm_lr_img")
+    check_ints(self, "feature_max_examples", optional=True)
     return self
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from jaxdistill.evaluate import EvalConfig, evaluate
 from jaxdistill.models.layers import ACTIVATIONS, NORMS, POOLINGS, check_choice
+from jaxdistill.validation import check_ints, check_network
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,9 +36,8 @@ class Arch:
   pooling: str
 
   def validate(self):
-    if int(self.width) < 1 or int(self.depth) < 1:
-      raise ValueError(f"width and depth must be >= 1, got width={self.width}, depth={self.depth}.")
-    check_choice("norm", self.norm, NORMS)
+    check_ints(self, "depth")  # a search-space point names its depth (no image-size default)
+    check_network(None, self.width, self.depth, self.norm)
     check_choice("activation", self.activation, ACTIVATIONS)
     check_choice("pooling", self.pooling, POOLINGS)
     return self

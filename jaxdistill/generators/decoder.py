@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdistill.generators.stylegan import check_widths
+from jaxdistill.validation import check_ints
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,12 +35,8 @@ class ConvDecoderConfig:
   widths: Tuple[int, ...] = (16, 8, 8)
 
   def validate(self):
-    for name in ("num_classes", "resolution", "channels", "z_dim"):
-      v = getattr(self, name)
-      if not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {v!r}.")
-    if not isinstance(self.embed_dim, int) or self.embed_dim < 0:
-      raise ValueError(f"embed_dim must be an integer >= 0, got {self.embed_dim!r}.")
+    check_ints(self, ("num_classes", "resolution", "channels", "z_dim"))
+    check_ints(self, "embed_dim", minimum=0)
     check_widths(self.widths, self.resolution)
     return self
 

@@ -30,13 +30,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdistill.validation import check_ints, is_int
+
 SQRT2 = math.sqrt(2.0)
 
 
 def check_widths(widths, resolution: int) -> None:
   """Raises ``ValueError`` unless ``widths`` is a non-empty tuple of integers >= 1 and ``resolution`` is a
   multiple of ``2^(len(widths) - 1)`` (one 2x upsampling per extra width). Shared by both generators."""
-  if len(widths) < 1 or any((not isinstance(w, int)) or w < 1 for w in widths):
+  if len(widths) < 1 or any(not is_int(w) or w < 1 for w in widths):
     raise ValueError(f"widths must be a non-empty tuple of integers >= 1, got {widths!r}.")
   up = 2 ** (len(widths) - 1)
   if resolution % up:
@@ -66,12 +68,8 @@ class StyleGeneratorConfig:
   noise_strength: float = 0.1
 
   def validate(self):
-    for name in ("num_classes", "resolution", "channels", "z_dim", "w_dim"):
-      v = getattr(self, name)
-      if not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {v!r}.")
-    if not isinstance(self.mapping_layers, int) or self.mapping_layers < 0:
-      raise ValueError(f"mapping_layers must be an integer >= 0, got {self.mapping_layers!r}.")
+    check_ints(self, ("num_classes", "resolution", "channels", "z_dim", "w_dim"))
+    check_ints(self, "mapping_layers", minimum=0)
     check_widths(self.widths, self.resolution)
     return self
 
@@ -107,7 +105,7 @@ class StyleGeneratorConfig:
 
 
 def check_layer(config: StyleGeneratorConfig, n: int) -> None:
-  if not isinstance(n, int) or not 0 <= n <= config.num_layers:
+  if not is_int(n) or not 0 <= n <= config.num_layers:
     raise ValueError(f"layer must be an integer in [0, {config.num_layers}] for widths {config.widths}, "
                      f"got {n!r}.")
 

@@ -6,22 +6,18 @@ uses Flax's defaults (LeCun-normal weights, zero biases).
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence, Tuple, Union
+from typing import Callable, Tuple, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdistill.validation import check_choice  # noqa: F401  (moved to jaxdistill.validation; re-exported)
+
 INITS = ("torch", "flax")
 NORMS = ("instancenorm", "batchnorm", "layernorm", "groupnorm", "none")
 ACTIVATIONS = ("relu", "sigmoid", "leakyrelu")
 POOLINGS = ("avg", "max", "none")
-
-
-def check_choice(name: str, value, accepted: Sequence[str]) -> None:
-  """Raises ``ValueError`` naming the argument and the accepted values."""
-  if value not in accepted:
-    raise ValueError(f"{name} must be one of {list(accepted)}, got {value!r}.")
 
 
 def _uniform(bound: float) -> Callable:

@@ -45,6 +45,8 @@ from jaxdistill.models.layers import check_choice
 from jaxdistill.objectives.base import Objective, RealBatch
 from jaxdistill.synthetic.labels import LABEL_PROJECTIONS, LABEL_STARTS
 from jaxdistill.unroll import InnerState, sgd_step  # noqa: F401  (the shared unroll's step, re-exported)
+from jaxdistill.validation import (check_bools, check_in_range, check_ints, check_network, check_nonnegative,
+                                   check_positive)
 
 LABEL_TRANSFORMS = ("raw", "softmax")
 LR_PARAMS = ("softplus", "identity")
@@ -115,37 +117,20 @@ class BPTTConfig:
   reset_every: int = 200
 
   def validate(self):
-    check_choice("arch", self.arch, models.ARCHITECTURES)
+    check_network(self.arch, self.width, self.depth)
     check_choice("label_transform", self.label_transform, LABEL_TRANSFORMS)
     check_choice("label_start", self.label_start, LABEL_STARTS)
     check_choice("label_projection", self.label_projection, LABEL_PROJECTIONS)
     check_choice("lr_param", self.lr_param, LR_PARAMS)
     check_choice("network", self.network, NETWORKS)
-    for name in ("checkpoint", "learn_lr", "learn_labels", "lr_per_step"):
-      if not isinstance(getattr(self, name), (bool, np.bool_)):
-        raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
-    for name in ("width", "inner_steps", "num_models", "scan_unroll", "reset_every"):
-      v = getattr(self, name)
-      if not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {v!r}.")
-    if self.depth is not None and (not isinstance(self.depth, (int, np.integer)) or self.depth < 1):
-      raise ValueError(f"depth must be None or an integer >= 1, got {self.depth!r}.")
-    if not isinstance(self.batch_per_class, (int, np.integer)) or self.batch_per_class < 0:
-      raise ValueError("batch_per_class must be an integer >= 0 (0 = whole set), got "
-                       f"{self.batch_per_class!r}.")
-    for name in ("inner_lr", "online_lr"):
-      if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
-        raise ValueError(f"{name} must be a number > 0, got {getattr(self, name)!r}.")
-    if not 0.0 <= self.inner_momentum < 1.0:
-      raise ValueError(f"inner_momentum must be in [0, 1), got {self.inner_momentum!r}.")
-    if not self.weight_decay >= 0.0:
-      raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}.")
-    for name in ("lr_lr", "lr_labels"):
-      v = getattr(self, name)
-      if v is not None and not (isinstance(v, (int, float)) and v > 0):
-        raise ValueError(f"{name} must be None (the image lr) or a number > 0, got {v!r}.")
-    if not (isinstance(self.label_scale, (int, float)) and self.label_scale > 0):
-      raise ValueError(f"label_scale must be a number > 0, got {self.label_scale!r}.")
+    check_bools(self, ("checkpoint", "learn_lr", "learn_labels", "lr_per_step"))
+    check_ints(self, ("inner_steps", "num_models", "scan_unroll", "reset_every"))
+    check_ints(self, "batch_per_class", minimum=0, note="0 = whole set")
+    check_positive(self, ("inner_lr", "online_lr"))
+    check_in_range("inner_momentum", self.inner_momentum, 0, 1, hi_closed=False)
+    check_nonnegative(self, "weight_decay")
+    check_positive(self, ("lr_lr", "lr_labels"), optional=True, note="None: the image lr")
+    check_positive(self, "label_scale")
     if self.label_projection == "simplex" and (self.label_transform != "raw" or self.label_scale != 1):
       raise ValueError("label_projection='simplex' keeps labels as probability vectors: it needs "
                        f"label_transform='raw' (got {self.label_transform!r}) and label_scale=1 (got "

@@ -28,8 +28,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxdistill import models
-from jaxdistill.augment import DEFAULT_STRATEGY, DSAParams, OPS
+from jaxdistill.augment import DEFAULT_STRATEGY, DSAParams
 from jaxdistill.models.layers import check_choice
+from jaxdistill.validation import check_dsa_strategy, check_network
 from jaxdistill.objectives.base import (Objective, RealBatch, check_class_major, class_major_real, per_class,
                                         siamese_augment)
 
@@ -60,15 +61,9 @@ class DistributionMatchingConfig:
   shared_op: bool = False
 
   def validate(self):
-    check_choice("arch", self.arch, models.ARCHITECTURES)
+    check_network(self.arch, self.width, self.depth)
     check_choice("distance", self.distance, DISTANCES)
-    if int(self.width) < 1:
-      raise ValueError(f"width must be an integer >= 1, got {self.width!r}.")
-    if self.depth is not None and int(self.depth) < 1:
-      raise ValueError(f"depth must be None or an integer >= 1, got {self.depth!r}.")
-    for op in self.dsa_strategy:
-      if op not in OPS:
-        raise ValueError(f"dsa_strategy entries must be in {list(OPS)}, got {op!r}.")
+    check_dsa_strategy(self.dsa_strategy)
     return self
 
 

@@ -46,6 +46,7 @@ from jaxdistill import models
 from jaxdistill.models.layers import INITS, NORMS, activation, check_choice, conv, dense, norm, pool
 from jaxdistill.objectives import krr
 from jaxdistill.objectives.base import Objective
+from jaxdistill.validation import check_ints, check_network, check_nonnegative, check_positive
 
 
 class FRePoConvNet(nn.Module):
@@ -125,21 +126,13 @@ class FRePoConfig:
   use_flip: bool = False
 
   def validate(self):
-    check_choice("norm", self.norm, tuple(n for n in NORMS if n != "batchnorm"))
+    # The architecture is fixed (FRePo's ConvNet) and has no batch norm.
+    check_network(None, self.width, self.depth, self.norm, norms=tuple(n for n in NORMS if n != "batchnorm"))
     check_choice("init_scheme", self.init_scheme, INITS)
-    for name in ("width", "width_growth", "pool_size", "max_online_updates", "online_batch"):
-      v = getattr(self, name)
-      if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {v!r}.")
-    if self.depth is not None and (not isinstance(self.depth, (int, np.integer)) or self.depth < 1):
-      raise ValueError(f"depth must be None or an integer >= 1, got {self.depth!r}.")
-    if self.loss not in krr.LOSSES:
-      raise ValueError(f"loss must be one of {list(krr.LOSSES)}, got {self.loss!r}.")
-    for name in ("online_lr", "reg", "label_scale"):
-      if not getattr(self, name) > 0:
-        raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}.")
-    if not self.label_margin >= 0:
-      raise ValueError(f"label_margin must be >= 0, got {self.label_margin!r}.")
+    check_ints(self, ("width_growth", "pool_size", "max_online_updates", "online_batch"))
+    check_choice("loss", self.loss, krr.LOSSES)
+    check_positive(self, ("online_lr", "reg", "label_scale"))
+    check_nonnegative(self, "label_margin")
     return self
 
 
@@ -192,8 +185,7 @@ def loss_and_predictions(feature_fn, x_s, y_s, x_t, y_t, reg: float = 1e-6, *, l
   ``F_t`` the rest (stopped);
   ``ŷ_t = F_t F_sᵀ (F_s F_sᵀ + λ·tr/n·I)⁻¹ y_s``. Arguments as :func:`loss`.
   """
-  if loss not in krr.LOSSES:
-    raise ValueError(f"loss must be one of {list(krr.LOSSES)}, got {loss!r}.")
+  check_choice("loss", loss, krr.LOSSES)
   krr.check_sets(x_s, y_s, x_t, y_t, loss)
   n_s = x_s.shape[0]
   f = feature_fn(jnp.concatenate([x_s, x_t]))

@@ -27,8 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdistill import models, training
-from jaxdistill.augment import DEFAULT_STRATEGY, DSAParams, OPS
+from jaxdistill.augment import DEFAULT_STRATEGY, DSAParams
 from jaxdistill.models.layers import check_choice
+from jaxdistill.validation import check_dsa_strategy, check_ints, check_network, check_positive
 from jaxdistill.objectives.base import (Objective, RealBatch, check_class_major, check_class_order,
                                         class_major_real, implicit_labels, map_classes, per_class, safe_norm,
                                         siamese_augment)
@@ -84,22 +85,13 @@ class GradientMatchingConfig:
   host_inner: bool = False
 
   def validate(self):
-    check_choice("arch", self.arch, models.ARCHITECTURES)
+    check_network(self.arch, self.width, self.depth)
     check_choice("metric", self.metric, METRICS)
-    for name in ("width", "batch_train"):
-      if int(getattr(self, name)) < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}.")
-    for name in ("outer_loop", "inner_loop", "depth"):
-      v = getattr(self, name)
-      if v is not None and int(v) < 1:
-        raise ValueError(f"{name} must be None or an integer >= 1, got {v!r}.")
-    if self.class_batch < 0:
-      raise ValueError(f"class_batch must be >= 0 (0 = all classes at once), got {self.class_batch!r}.")
-    if not self.lr_net > 0:
-      raise ValueError(f"lr_net must be > 0, got {self.lr_net!r}.")
-    for op in self.dsa_strategy:
-      if op not in OPS:
-        raise ValueError(f"dsa_strategy entries must be in {list(OPS)}, got {op!r}.")
+    check_ints(self, "batch_train")
+    check_ints(self, ("outer_loop", "inner_loop"), optional=True)
+    check_ints(self, "class_batch", minimum=0, note="0 = all classes at once")
+    check_positive(self, "lr_net")
+    check_dsa_strategy(self.dsa_strategy)
     return self
 
   def loops(self, ipc: int) -> Tuple[int, int]:

@@ -30,6 +30,7 @@ import numpy as np
 from jaxdistill import kernels
 from jaxdistill.objectives import krr
 from jaxdistill.objectives.base import Objective
+from jaxdistill.validation import check_choice, check_ints, check_positive
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,20 +81,10 @@ class KIPConfig:
 
   def validate(self):
     self.kernel().validate()
-    if self.loss not in krr.LOSSES:
-      raise ValueError(f"loss must be one of {list(krr.LOSSES)}, got {self.loss!r}.")
-    if self.dtype not in krr.DTYPES:
-      raise ValueError(f"dtype must be one of {list(krr.DTYPES)}, got {self.dtype!r}.")
-    if not self.reg > 0:
-      raise ValueError(f"reg must be > 0, got {self.reg!r}.")
-    if not self.label_scale > 0:
-      raise ValueError(f"label_scale must be > 0, got {self.label_scale!r}.")
-    if not self.zca_reg > 0:
-      raise ValueError(f"zca_reg must be > 0, got {self.zca_reg!r}.")
-    if int(self.krr_test_size) < 0:
-      raise ValueError(f"krr_test_size must be >= 0, got {self.krr_test_size!r}.")
-    if int(self.target_chunk) < 0:
-      raise ValueError(f"target_chunk must be >= 0, got {self.target_chunk!r}.")
+    check_choice("loss", self.loss, krr.LOSSES)
+    check_choice("dtype", self.dtype, krr.DTYPES)
+    check_positive(self, ("reg", "label_scale", "zca_reg"))
+    check_ints(self, ("krr_test_size", "target_chunk"), minimum=0, note="0: all")
     return self
 
 
@@ -113,8 +104,7 @@ def loss_and_predictions(kernel_fn, x_s, y_s, x_t, y_t, reg: float = 1e-6, *, lo
   ``K_ss = kernel_fn(x_s, x_s)``; ``L = ½ · mean_t ‖ŷ_t − y_t‖²`` (``loss="mse"``) or the Platt-scaled
   cross-entropy (``"platt"``, :func:`jaxdistill.objectives.krr.krr_loss`). Arguments as :func:`loss`.
   """
-  if loss not in krr.LOSSES:
-    raise ValueError(f"loss must be one of {list(krr.LOSSES)}, got {loss!r}.")
+  check_choice("loss", loss, krr.LOSSES)
   krr.check_sets(x_s, y_s, x_t, y_t, loss)
   pred = krr.krr_predict(kernel_fn(x_t, x_s), kernel_fn(x_s, x_s), y_s, reg, dtype)
   value, _ = krr.krr_loss(pred, y_t, loss)

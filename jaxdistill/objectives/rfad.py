@@ -36,6 +36,7 @@ from jaxdistill.kernels import input_padding
 from jaxdistill.objectives import krr
 from jaxdistill.objectives.base import Objective
 from jaxdistill.objectives.kip import support_labels
+from jaxdistill.validation import check_choice, check_ints, check_network, check_nonnegative, check_positive
 
 POOLINGS = ("avg", "none")
 
@@ -73,25 +74,16 @@ class RFADConfig:
   dtype: str = "float32"
 
   def validate(self):
-    for name in ("num_models", "width"):
-      v = getattr(self, name)
-      if not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {v!r}.")
-    if self.depth is not None and (not isinstance(self.depth, (int, np.integer)) or self.depth < 1):
-      raise ValueError(f"depth must be None or an integer >= 1, got {self.depth!r}.")
-    if self.pooling not in POOLINGS:
-      raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {self.pooling!r}.")
-    if self.loss not in krr.LOSSES:
-      raise ValueError(f"loss must be one of {list(krr.LOSSES)}, got {self.loss!r}.")
-    if not self.W_std > 0 or not self.b_std >= 0:
-      raise ValueError(f"W_std must be > 0 and b_std >= 0, got {self.W_std!r}, {self.b_std!r}.")
-    if not self.reg > 0:
-      raise ValueError(f"reg must be > 0, got {self.reg!r}.")
-    if not self.label_scale > 0:
-      raise ValueError(f"label_scale must be > 0, got {self.label_scale!r}.")
-    if self.dtype not in krr.DTYPES:
-      raise ValueError(f"dtype must be one of {list(krr.DTYPES)}, got {self.dtype!r}.")
-    if int(self.model_chunk) < 0 or (self.model_chunk and self.num_models % self.model_chunk):
+    check_network(None, self.width, self.depth)  # the architecture is fixed (the ConvNet)
+    check_ints(self, "num_models")
+    check_choice("pooling", self.pooling, POOLINGS)
+    check_choice("loss", self.loss, krr.LOSSES)
+    check_positive(self, "W_std")
+    check_nonnegative(self, "b_std")
+    check_positive(self, ("reg", "label_scale"))
+    check_choice("dtype", self.dtype, krr.DTYPES)
+    check_ints(self, "model_chunk", minimum=0, note=f"0 or a divisor of num_models={self.num_models}")
+    if self.model_chunk and self.num_models % self.model_chunk:
       raise ValueError(f"model_chunk must be 0 or divide num_models={self.num_models}, got {self.model_chunk!r}.")
     return self
 

@@ -46,9 +46,10 @@ import numpy as np
 from jaxdistill import experts, models, training
 from jaxdistill import unroll as inner_unroll
 from jaxdistill.unroll import segment_length  # noqa: F401  (re-exported: the √N checkpoint segments)
-from jaxdistill.augment import DEFAULT_STRATEGY, OPS, DSAParams, apply_op, choose_op
+from jaxdistill.augment import DEFAULT_STRATEGY, DSAParams, apply_op, choose_op
 from jaxdistill.models.layers import check_choice
 from jaxdistill.objectives.base import Objective, RealBatch
+from jaxdistill.validation import check_dsa_strategy, check_in_range, check_ints, check_network, check_positive
 
 DISTANCES = ("l2", "l1")
 GRADIENTS = ("unroll", "tesla")
@@ -109,30 +110,18 @@ class TrajectoryMatchingConfig:
   dsa_strategy: Tuple[str, ...] = DEFAULT_STRATEGY
 
   def validate(self):
-    check_choice("arch", self.arch, models.ARCHITECTURES)
+    check_network(self.arch, self.width, self.depth)
     check_choice("distance", self.distance, DISTANCES)
     check_choice("gradient", self.gradient, GRADIENTS)
-    for name in ("width", "syn_steps", "expert_epochs", "max_start_epoch"):
-      v = getattr(self, name)
-      if not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {v!r}.")
-    for name in ("depth", "num_experts", "batch_syn"):
-      v = getattr(self, name)
-      if v is not None and (not isinstance(v, (int, np.integer)) or v < 1):
-        raise ValueError(f"{name} must be None or an integer >= 1, got {v!r}.")
-    if self.label_epoch is not None and int(self.label_epoch) < 0:
-      raise ValueError(f"label_epoch must be None or an integer >= 0, got {self.label_epoch!r}.")
-    for name in ("lr_init", "lr_lr", "label_temperature"):
-      if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
-        raise ValueError(f"{name} must be a number > 0, got {getattr(self, name)!r}.")
-    if not 0.0 <= self.prune < 1.0:
-      raise ValueError(f"prune must be in [0, 1) (fraction of parameters dropped), got {self.prune!r}.")
+    check_ints(self, ("syn_steps", "expert_epochs", "max_start_epoch"))
+    check_ints(self, ("num_experts", "batch_syn"), optional=True)
+    check_ints(self, "label_epoch", minimum=0, optional=True)
+    check_positive(self, ("lr_init", "lr_lr", "label_temperature"))
+    check_in_range("prune", self.prune, 0, 1, hi_closed=False, note="fraction of parameters dropped")
     if self.checkpoint and self.gradient == "tesla":
       raise ValueError("checkpoint applies to gradient='unroll'; gradient='tesla' already uses constant "
                        "memory (set checkpoint=False).")
-    for op in self.dsa_strategy:
-      if op not in OPS:
-        raise ValueError(f"dsa_strategy entries must be in {list(OPS)}, got {op!r}.")
+    check_dsa_strategy(self.dsa_strategy)
     return self
 
   def model_kwargs(self) -> Dict[str, Any]:
@@ -322,10 +311,8 @@ def loss(student_step, start, target, syn, lr, n_steps: int, *, key=None, distan
   """
   check_choice("distance", distance, DISTANCES)
   check_choice("gradient", gradient, GRADIENTS)
-  if not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
-    raise ValueError(f"n_steps must be an integer >= 1, got {n_steps!r}.")
-  if not 0.0 <= prune < 1.0:
-    raise ValueError(f"prune must be in [0, 1), got {prune!r}.")
+  check_ints({"n_steps": n_steps}, "n_steps")
+  check_in_range("prune", prune, 0, 1, hi_closed=False)
   if checkpoint and gradient == "tesla":
     raise ValueError("checkpoint applies to gradient='unroll'; gradient='tesla' already uses constant memory.")
   chex.assert_trees_all_equal_shapes(start, target, exception_type=ValueError,

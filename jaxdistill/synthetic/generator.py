@@ -32,6 +32,7 @@ from jaxdistill import generators as G
 from jaxdistill.synthetic.base import Parameterisation, SynState, SyntheticBatch, num_floats
 from jaxdistill.synthetic.glad import GLaDConfig, glad_parameterisation, init_glad
 from jaxdistill.synthetic.pixels import class_major_labels
+from jaxdistill.validation import check_in_range, check_ints
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,12 +55,8 @@ class GenDMConfig:
   enforce_budget: bool = True
 
   def validate(self):
-    for name in ("train_per_class", "samples_per_class", "mean_samples"):
-      v = getattr(self, name)
-      if not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {v!r}.")
-    if not (isinstance(self.truncation, (int, float)) and 0.0 <= self.truncation <= 1.0):
-      raise ValueError(f"truncation must be a number in [0, 1], got {self.truncation!r}.")
+    check_ints(self, ("train_per_class", "samples_per_class", "mean_samples"))
+    check_in_range("truncation", self.truncation, 0, 1)
     return self
 
 

@@ -35,6 +35,7 @@ import numpy as np
 from jaxdistill import generators as G
 from jaxdistill.synthetic.base import Parameterisation, SynState, SyntheticBatch, num_floats
 from jaxdistill.synthetic.pixels import class_major_labels
+from jaxdistill.validation import check_choice, check_ints
 
 SPACES = ("features", "wplus", "w", "z")
 INITS = ("random", "class_mean")
@@ -65,14 +66,9 @@ class GLaDConfig:
   count_generator: bool = False
 
   def validate(self, gen: G.Generator = None):
-    if self.space not in SPACES:
-      raise ValueError(f"space must be one of {list(SPACES)}, got {self.space!r}.")
-    if self.init not in INITS:
-      raise ValueError(f"init must be one of {list(INITS)}, got {self.init!r}.")
-    for name in ("init_samples", "chunk"):
-      v = getattr(self, name)
-      if not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {v!r}.")
+    check_choice("space", self.space, SPACES)
+    check_choice("init", self.init, INITS)
+    check_ints(self, ("init_samples", "chunk"))
     if gen is not None:
       if gen.arch != "style" and self.space != "z":
         raise ValueError(f"space must be 'z' for the {gen.arch!r} generator, got {self.space!r}.")

@@ -29,6 +29,7 @@ import numpy as np
 from jaxdistill.data.sampling import check_ipc, class_index, sample_balanced
 from jaxdistill.synthetic.base import Parameterisation, SynState, SyntheticBatch, num_floats
 from jaxdistill.synthetic.generator import check_budget
+from jaxdistill.validation import check_choice, check_ints
 
 BASIS_INITS = ("real", "noise")
 
@@ -53,14 +54,9 @@ class HaBaConfig:
   enforce_budget: bool = True
 
   def validate(self):
-    for name in ("bases_per_class", "hallucinators", "width"):
-      v = getattr(self, name)
-      if not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {v!r}.")
-    if not isinstance(self.basis_size, int) or self.basis_size < 0:
-      raise ValueError(f"basis_size must be an integer >= 0 (0: image size), got {self.basis_size!r}.")
-    if self.init not in BASIS_INITS:
-      raise ValueError(f"init must be one of {list(BASIS_INITS)}, got {self.init!r}.")
+    check_ints(self, ("bases_per_class", "hallucinators", "width"))
+    check_ints(self, "basis_size", minimum=0, note="0: image size")
+    check_choice("init", self.init, BASIS_INITS)
     return self
 
 
