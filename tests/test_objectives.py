@@ -208,7 +208,7 @@ def test_gm_class_batch_matches_vmap():
 def test_dc_host_inner_training_equals_the_jitted_update_and_loop(fmnist_train):
   """``host_inner``: the host loop of jitted SGD steps computes DC's jitted inner training (updates, reset to a
   fresh network every ``outer_loop``), and the loop using it gives the same synthetic images."""
-  obj_a, real, syn_x, labels = _problem("dsa", ipc=2, outer_loop=3, inner_loop=2, batch_train=4)
+  obj_a, real, syn_x, labels = _problem("dsa", ipc=2, outer_loop=3, inner_loop=2, batch_train=4, host_inner=False)
   obj_b = objectives.make_objective("dsa", dataclasses.replace(obj_a.config, host_inner=True), num_classes=3,
                                     image_shape=SHAPE, ipc=2)
   assert obj_a.host_update is None and obj_b.host_update is not None

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxdistill import models, training
+from jaxdistill import backend, models, training
 from jaxdistill import unroll as inner_unroll
 from jaxdistill.models.layers import check_choice
 from jaxdistill.objectives.base import Objective, RealBatch
@@ -69,7 +69,8 @@ class BPTTConfig:
     checkpoint: ``jax.checkpoint`` each inner step (recompute activations in the backward pass).
     scan_unroll: inner steps per iteration of the compiled scan (:func:`unroll`); XLA:CPU runs convolutions
       inside loop bodies far slower than in straight-line code (measured ~20× for a ConvNet-32 step), so a
-      partial unroll trades compile time for speed; 1 = a plain rolled scan.
+      partial unroll trades compile time for speed; 1 = a plain rolled scan. None (default): the backend's
+      choice (:mod:`jaxdistill.backend`): ``min(inner_steps, 10)`` on CPU, 1 on accelerators.
     label_transform: how soft labels become targets: ``"raw"`` or ``"softmax"``; hard labels are one-hot.
     learn_lr: the synthetic set carries a learnable ``α`` initialised to ``inner_lr`` (DD: yes; LD: no).
     lr_per_step: one learned rate per inner step (``T`` of them, DD's code) instead of one scalar.
@@ -101,7 +102,7 @@ class BPTTConfig:
   weight_decay: float = 0.0
   num_models: int = 1
   checkpoint: bool = False
-  scan_unroll: int = 10
+  scan_unroll: Optional[int] = None
   label_transform: str = "raw"
   learn_lr: bool = True
   lr_per_step: bool = True
@@ -124,7 +125,8 @@ class BPTTConfig:
     check_choice("lr_param", self.lr_param, LR_PARAMS)
     check_choice("network", self.network, NETWORKS)
     check_bools(self, ("checkpoint", "learn_lr", "learn_labels", "lr_per_step"))
-    check_ints(self, ("inner_steps", "num_models", "scan_unroll", "reset_every"))
+    check_ints(self, ("inner_steps", "num_models", "reset_every"))
+    check_ints(self, ("scan_unroll",), optional=True)
     check_ints(self, "batch_per_class", minimum=0, note="0 = whole set")
     check_positive(self, ("inner_lr", "online_lr"))
     check_in_range("inner_momentum", self.inner_momentum, 0, 1, hi_closed=False)
@@ -285,7 +287,8 @@ def make_inner_trainer(config: BPTTConfig, *, num_classes: int, image_shape) -> 
     bx, by = minibatches(images, targets(labels, dtype), num_classes, config.batch_per_class)
     state, losses = unroll(loss_fn, params, bx, by, lrs, extra=extra, momentum=config.inner_momentum,
                            weight_decay=config.weight_decay, checkpoint=config.checkpoint,
-                           scan_unroll=config.scan_unroll, batch_offset=batch_offset)
+                           scan_unroll=backend.choose(config.scan_unroll, cpu=min(int(config.inner_steps), 10),
+                                                       accelerator=1), batch_offset=batch_offset)
     return {**state.extra, "params": state.params}, losses
 
   def train(images, labels, lr, key):

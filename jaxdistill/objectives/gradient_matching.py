@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdistill import models, training
+from jaxdistill import backend, models, training
 from jaxdistill.augment import DEFAULT_STRATEGY, DSAParams
 from jaxdistill.models.layers import check_choice
 from jaxdistill.validation import check_dsa_strategy, check_ints, check_network, check_positive
@@ -67,8 +67,8 @@ class GradientMatchingConfig:
       ``lax.cond`` around ``fori_loop`` s) inside it. Same computation (tested); on XLA:CPU much faster, because
       convolutions inside a compiled loop or conditional body are emitted as slow loop fusions (10 SGD steps
       of a ConvNet-32 on 100 images: 10.8–11.2 s in a ``fori_loop`` or inside ``lax.cond``, 0.9 s as a host
-      loop). ``update`` stays the pure, jittable form. Off by default (accelerators run compiled loops at
-      full speed).
+      loop). ``update`` stays the pure, jittable form. None (default): the backend's choice
+      (:mod:`jaxdistill.backend`): on for CPU, off for accelerators (they run compiled loops at full speed).
   """
   arch: str = "convnet"
   width: int = 128
@@ -82,7 +82,7 @@ class GradientMatchingConfig:
   inner_loop: Optional[int] = None
   batch_train: int = 256
   class_batch: int = 0
-  host_inner: bool = False
+  host_inner: Optional[bool] = None
 
   def validate(self):
     check_network(self.arch, self.width, self.depth)
@@ -277,7 +277,7 @@ def make_gradient_matching(config: GradientMatchingConfig, *, num_classes: int, 
     return GMState(net, count)
 
   host_update = None
-  if config.host_inner:
+  if backend.choose(config.host_inner, cpu=True, accelerator=False):
     fresh_jit = jax.jit(fresh)
     batches_jit = jax.jit(training.epoch_batches, static_argnums=(1, 2))
     step_jit = jax.jit(lambda net, images, labels, batches, ek, s: training.batch_step(

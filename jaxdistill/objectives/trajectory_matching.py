@@ -43,7 +43,7 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdistill import experts, models, training
+from jaxdistill import backend, experts, models, training
 from jaxdistill import unroll as inner_unroll
 from jaxdistill.unroll import segment_length  # noqa: F401  (re-exported: the √N checkpoint segments)
 from jaxdistill.augment import DEFAULT_STRATEGY, DSAParams, apply_op, choose_op
@@ -77,8 +77,8 @@ class TrajectoryMatchingConfig:
     checkpoint: with ``"unroll"``, re-materialise steps (√N segments) to cut memory.
     unroll: trace the N student steps as straight-line code instead of a rolled ``lax.scan`` (every path:
       plain, checkpointed, TESLA's two passes). Same values and gradients; on XLA:CPU several times faster
-      (convolutions inside a compiled loop body are emitted as slow loop fusions), at a longer compile. Off by
-      default (accelerators run compiled loops at full speed).
+      (convolutions inside a compiled loop body are emitted as slow loop fusions), at a longer compile. None
+      (default): the backend's choice (:mod:`jaxdistill.backend`): on for CPU, off for accelerators.
     prune: fraction of parameters (hardest to match) dropped from the loss each iteration, in [0, 1).
     soft_labels, label_temperature, label_epoch: TESLA's expert soft labels (used by the set builder,
       :func:`expert_soft_labels`; ``label_epoch`` None = the experts' last epoch).
@@ -100,7 +100,7 @@ class TrajectoryMatchingConfig:
   distance: str = "l2"
   gradient: str = "unroll"
   checkpoint: bool = False
-  unroll: bool = False
+  unroll: Optional[bool] = None
   prune: float = 0.0
   soft_labels: bool = False
   label_temperature: float = 1.0
@@ -416,7 +416,8 @@ def make_trajectory_matching(config: TrajectoryMatchingConfig, *, num_classes: i
     target = trajectories[e, t + m]
     lr = jnp.asarray(config.lr_init if syn.lr is None else syn.lr, jnp.float32)
     value = loss(step, start, target, (syn.images, syn.labels), lr, n_steps, key=k_run, distance=config.distance,
-                 prune=config.prune, gradient=config.gradient, checkpoint=config.checkpoint, unroll=config.unroll)
+                 prune=config.prune, gradient=config.gradient, checkpoint=config.checkpoint,
+                 unroll=backend.choose(config.unroll, cpu=True, accelerator=False))
     return value, {"expert": e, "start_epoch": t, "lr": lr}
 
   return Objective(name, init, objective_loss, None, config, {"trajectories": jnp.asarray(traj)})
