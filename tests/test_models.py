@@ -224,3 +224,38 @@ def test_parameter_gradients_reach_every_layer():
 def test_num_params():
   model, variables = _build("mlp", (28, 28, 1), width=8, depth=2)
   assert models.num_params(variables["params"]) == (784 * 8 + 8) + (8 * 8 + 8) + (8 * 10 + 10)
+
+
+@pytest.mark.parametrize("padding, kernel", [(3, 3), (2, 3), (4, 5)])
+def test_wide_padding_is_the_same_convolution(padding, kernel):
+  """conv() applies padding wider than half the kernel with jnp.pad + a VALID convolution (XLA:CPU's kernel
+  gradient of a conv padded beyond k - 1 is slow): same outputs and gradients as lax's padded convolution."""
+  import flax.linen as nn
+
+  from jaxdistill.models import layers
+
+  class One(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return layers.conv(x, 8, kernel, padding=padding)
+
+  key = jax.random.PRNGKey(0)
+  x = jax.random.normal(key, (3, 10, 10, 2))
+  m = One()
+  v = m.init(key, x)
+  assert v["params"]["Conv_0"]["kernel"].shape == (kernel, kernel, 2, 8)  # the usual nn.Conv parameters
+
+  def reference(params, x):
+    out = jax.lax.conv_general_dilated(x, params["Conv_0"]["kernel"], (1, 1), [(padding, padding)] * 2,
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return out + params["Conv_0"]["bias"]
+
+  got = m.apply(v, x)
+  want = reference(v["params"], x)
+  assert got.shape == (3, 10 + 2 * padding - kernel + 1, 10 + 2 * padding - kernel + 1, 8)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  f = lambda p, x: jnp.sum(jnp.sin(m.apply({"params": p}, x)))
+  r = lambda p, x: jnp.sum(jnp.sin(reference(p, x)))
+  for a, b in zip(jax.tree_util.tree_leaves(jax.grad(f, argnums=(0, 1))(v["params"], x)),
+                  jax.tree_util.tree_leaves(jax.grad(r, argnums=(0, 1))(v["params"], x))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

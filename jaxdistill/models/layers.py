@@ -37,9 +37,19 @@ def initialisers(init: str, fan_in: int):
 
 def conv(x, features: int, kernel: int = 3, stride: int = 1, padding: Union[int, str] = 1,
          init: str = "torch", use_bias: bool = True, name=None):
-  """A 2-D convolution on NHWC ``x`` with symmetric integer ``padding``."""
+  """A 2-D convolution on NHWC ``x`` with symmetric integer ``padding`` (a Flax ``nn.Conv``: parameters
+  ``kernel [k, k, C, O]`` and ``bias [O]``).
+
+  Padding wider than half the kernel (the ConvNet's first layer pads 28 px images by 3 to see them as 32 px) is
+  applied with ``jnp.pad`` before a VALID convolution: the same function, but XLA:CPU computes the kernel
+  gradient of a convolution padded beyond ``k − 1`` on a slow path (ConvNet-128's first layer, 100 images:
+  1.85 s against 0.14 s with the explicit pad, measured under load; the whole network's gradient 2.7 s → 1.5 s).
+  """
   fan_in = x.shape[-1] * kernel * kernel
   k_init, b_init = initialisers(init, fan_in)
+  if isinstance(padding, int) and padding > kernel // 2:
+    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    padding = 0
   pad = [(padding, padding)] * 2 if isinstance(padding, int) else padding
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=pad, use_bias=use_bias,
                  kernel_init=k_init, bias_init=b_init, name=name)(x)
