@@ -22,12 +22,16 @@ METHODS = ("kip", "rfad", "frepo", "dd", "ld")
 IPCS = (1, 10)
 BAR = {1: 5.0, 10: 2.0}  # points above the random subset
 EVAL_MODELS, EVAL_EPOCHS, EVAL_WIDTH = 3, 100, 128
-# Variants measured beside the presets (row name -> (method, --config overrides)): LD with the persistent,
-# online-trained network of LD's code (one inner SGD step at LD's lr 0.01 on a random mini-batch of 5 (IPC 10) or
-# 1 (IPC 1) images per class), against the preset's fresh network unrolled T steps.
-VARIANTS = {"ld_persistent": ("ld", {"network": "persistent", "inner_steps": 1, "scan_unroll": 1,
-                                     "inner_lr": 0.01})}
-VARIANT_BATCH = {1: 1, 10: 5}
+# Variants measured beside the presets: row name -> (method, --config overrides, {ipc: extra overrides}).
+# ld_persistent: the persistent, online-trained network of LD's code (one inner SGD step at LD's lr 0.01 on a random
+# mini-batch of 5 (IPC 10) or 1 (IPC 1) images per class), against the preset's fresh network unrolled T steps.
+# ld_one_hot: the preset with the labels starting from the one-hot labels of the real images instead of LD's
+# uniform start, so the run begins at the random subset's own labels and moves from there.
+VARIANTS = {
+    "ld_persistent": ("ld", {"network": "persistent", "inner_steps": 1, "scan_unroll": 1, "inner_lr": 0.01},
+                      {1: {"batch_per_class": 1}, 10: {"batch_per_class": 5}}),
+    "ld_one_hot": ("ld", {"label_start": "one_hot"}, {}),
+}
 CURVE_POINTS = 3  # evaluations along the run, the final one included
 
 
@@ -85,11 +89,11 @@ def run(quick: bool = False, select=None):
       if select is not None and not select(name, ipc):
         continue
       out = os.path.join(root, f"{name}_ipc{ipc}")
-      method, overrides = VARIANTS.get(name, (name, {}))
+      method, overrides, per_ipc = VARIANTS.get(name, (name, {}, {}))
       iterations = 2 if quick else preset_iterations(method, ipc)
       config = []
       if overrides:
-        overrides = {**overrides, "batch_per_class": VARIANT_BATCH.get(ipc, 1)}
+        overrides = {**overrides, **per_ipc.get(ipc, {})}
         path = os.path.join(root, f"{name}_ipc{ipc}.json")
         with open(path, "w") as f:
           json.dump(overrides, f)

@@ -5,9 +5,9 @@
 
 Experts: ConvNet (``--arch``/``--width``/``--depth``), SGD ``--lr`` 0.01 without momentum or weight decay,
 batch 256, per-image DSA (``--no-dsa`` to turn off), optional ``--zca``; every shard of ``--experts-per-shard``
-experts is trained in one vmapped program and written when done (format: :mod:`jaxdistill.experts`). Prints
-the experts' test accuracy after every epoch; ``buffer.json`` keeps them (``test_accuracy_mean`` per epoch and
-per expert in ``shards``).
+experts is trained in one vmapped program, split across the ``--devices`` mesh (``--distributed`` as the other
+CLIs), and written when done (format: :mod:`jaxdistill.experts`). Prints the experts' test accuracy after every
+epoch; ``buffer.json`` keeps them (``test_accuracy_mean`` per epoch and per expert in ``shards``).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import argparse
 import sys
 import time
 
-from experiments import cli, common
+from experiments import cli, common, names
 
 # Imported on first use, so --help and argument errors answer before JAX (experiments.cli).
 experts = cli.lazy("jaxdistill.experts")
@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--epochs", type=common.positive_int, default=50, help="epochs per expert")
   p.add_argument("--lr", type=float, default=0.01, help="expert SGD learning rate (no momentum)")
   p.add_argument("--batch-size", type=common.positive_int, default=256)
-  p.add_argument("--arch", default="convnet")
+  p.add_argument("--arch", default="convnet", choices=names.ARCHITECTURES,
+                 help="expert network (not a batch-norm one: jaxdistill.experts.ExpertConfig)")
   p.add_argument("--width", type=common.positive_int, default=128)
   p.add_argument("--depth", type=common.positive_int, default=None)
   p.add_argument("--no-dsa", action="store_true", help="train experts without augmentation")
@@ -52,12 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
                  help="start no new shard after this many seconds; run again with --resume to continue")
   p.add_argument("--data-dir", default=None, help="TFDS data dir (default: $JAXDISTILL_DATA_DIR)")
   p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+  common.add_device_args(p)  # a shard's experts split across the --devices mesh
   return cli.add_debug_flag(p)
 
 
 def main(argv=None) -> dict:
   argv = list(sys.argv[1:] if argv is None else argv)
   args = build_parser().parse_args(argv)
+  mesh = common.setup_devices(args)  # --distributed first (before JAX starts), then the --devices mesh
   spec = data_lib.get_spec(args.dataset)
   config = experts.ExpertConfig(
       arch=args.arch, width=args.width, depth=args.depth, num_experts=args.experts,
@@ -77,7 +80,8 @@ def main(argv=None) -> dict:
   try:
     meta = experts.train_experts(config, train_x, train_y, test_x, test_y, spec.num_classes, args.out,
                                  dataset=args.dataset, split=split, progress=not args.quiet,
-                                 log=None if args.quiet else print, resume=args.resume, deadline=deadline)
+                                 log=None if args.quiet else print, mesh=mesh, resume=args.resume,
+                                 deadline=deadline)
   except KeyboardInterrupt as e:  # Ctrl-C: the finished shards stay; say how to continue
     e.kept = f"the finished shards in {args.out}"
     e.resume_command = cli.resume_command("experiments.buffers", argv)

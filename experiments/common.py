@@ -9,8 +9,10 @@ import argparse
 import os
 import resource
 import sys
+import time
 from typing import Any, Dict, NamedTuple, Optional
 
+from experiments import names
 from experiments.cli import add_debug_flag, lazy
 
 # Imported on first use, so --help and argument errors answer before JAX (experiments.cli).
@@ -53,7 +55,7 @@ def add_common_args(parser: argparse.ArgumentParser, ipc_required: bool = True) 
                  help="networks trained at once (vmap; default 5)")
   g.add_argument("--eval-epochs", type=positive_int, default=None,
                  help="nominal training epochs E per network (E + 1 run, as the reference; default: the method's)")
-  g.add_argument("--eval-arch", default="convnet", help="evaluation architecture")
+  g.add_argument("--eval-arch", default="convnet", choices=names.ARCHITECTURES, help="evaluation architecture")
   g.add_argument("--eval-width", type=positive_int, default=128, help="ConvNet/MLP width for evaluation")
   g.add_argument("--eval-dsa", dest="eval_dsa", action="store_const", const=True, default=None,
                  help="train evaluation networks with DSA (default: the method's protocol)")
@@ -70,6 +72,13 @@ def add_common_args(parser: argparse.ArgumentParser, ipc_required: bool = True) 
   parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
   parser.add_argument("--data-dir", default=None, help="TFDS data dir (default: $JAXDISTILL_DATA_DIR)")
   parser.add_argument("--quiet", action="store_true", help="no progress bars")
+  add_device_args(parser)
+  return add_debug_flag(parser)
+
+
+def add_device_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+  """Adds ``--devices`` and the ``--distributed`` flags (read by :func:`setup_devices`); every CLI that shards
+  work takes them from here."""
   parser.add_argument("--devices", default="1",
                       help="devices to shard over (jaxdistill.sharding): 1 (default, single device), an "
                            "integer k, or 'all'")
@@ -78,7 +87,7 @@ def add_common_args(parser: argparse.ArgumentParser, ipc_required: bool = True) 
   parser.add_argument("--coordinator-address", default=None, help="with --distributed: host:port of process 0")
   parser.add_argument("--num-processes", type=int, default=None, help="with --distributed: number of processes")
   parser.add_argument("--process-id", type=int, default=None, help="with --distributed: this process's index")
-  return add_debug_flag(parser)
+  return parser
 
 
 def setup_devices(args):
@@ -242,6 +251,30 @@ def peak_memory_mb() -> float:
     pass
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0
+
+
+def process_start_time() -> Optional[float]:
+  """Wall-clock time (``time.time()`` scale) at which this process started — the moment the command was run,
+  before the interpreter, the imports and the data — from ``/proc/self/stat`` (its start in clock ticks after
+  boot) and ``/proc/uptime``; None where ``/proc`` is not available."""
+  try:
+    with open("/proc/self/stat") as f:
+      fields = f.read().rsplit(")", 1)[1].split()
+    with open("/proc/uptime") as f:
+      uptime = float(f.read().split()[0])
+    started_after_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat(5), after "pid (comm)"
+    return time.time() - (uptime - started_after_boot)
+  except (OSError, ValueError, IndexError):
+    return None
+
+
+def startup_seconds(first_step_time: Optional[float]) -> Optional[float]:
+  """Seconds from the command's start to the end of its first distillation step (interpreter and imports, data,
+  set-up, compilation and the step itself); None when either end is unknown."""
+  begin = process_start_time()
+  if begin is None or first_step_time is None:
+    return None
+  return round(first_step_time - begin, 3)
 
 
 def class_major(images, labels):

@@ -120,8 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--real-per-class", type=common.positive_int, default=None,
                       help="real images per class per iteration (default 256)")
   parser.add_argument("--lr-img", type=float, default=None, help="image learning rate (DC/DSA 0.1, DM 1.0)")
-  parser.add_argument("--init", default=None, choices=("real", "noise", "herding", "kcenter", "random"),
-                      help="initialisation (default: DC noise, DSA/DM real images)")
+  parser.add_argument("--init", default=None, choices=names.INITS,
+                      help="initialisation: random real images (real / random), noise, or a coreset selection "
+                           "(herding, kcenter, forgetting; jaxdistill.coreset.select) (default: DC noise, DSA/DM "
+                           "real images)")
   parser.add_argument("--width", type=common.positive_int, default=None,
                       help="width of the matching / embedding ConvNet (default 128)")
   for add in ARG_HOOKS:
@@ -293,6 +295,7 @@ def main(argv=None) -> dict:
              "loss_curve": [float(v) for v in result.losses],
              "evaluations": [{"iteration": i, **r.to_dict()} for i, r in result.evals],
              "distill_seconds": distill_seconds, "seconds": time.perf_counter() - start,
+             "startup_seconds": common.startup_seconds(result.first_step_time),
              "device": common.device_summary()}
   extra = None
   if args.method in OUTPUT_HOOKS:

@@ -57,7 +57,7 @@ def add_args(parser):
   g.add_argument("--gen-seed", type=int, default=None, help="seed of a random generator (default --seed)")
   g.add_argument("--glad-space", default="features", choices=names.GLAD_SPACES, help="GLaD latent space")
   g.add_argument("--glad-layer", type=int, default=2, help="GLaD layer n of the feature map F_n")
-  g.add_argument("--glad-init", default="random", choices=("random", "class_mean"), help="GLaD latent init")
+  g.add_argument("--glad-init", default="random", choices=names.GLAD_INITS, help="GLaD latent init")
   g.add_argument("--glad-chunk", type=int, default=10, help="images per chunk of the decoupled backward")
   g.add_argument("--no-decoupled", action="store_true", help="plain autodiff through G (more memory)")
   g.add_argument("--lr-features", type=float, default=None, help="lr of F_n (default: the image lr)")

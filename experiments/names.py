@@ -2,8 +2,8 @@
 any ``jaxdistill`` module runs the package's ``__init__``, which imports JAX and every sub-package).
 
 Each tuple is a copy of a library constant, named beside it; ``tests/test_cli_reliability.py`` checks that every
-copy equals its source, so a method, architecture or option added to the library fails that test until it is
-added here too.
+copy equals its source and ``tests/test_cli_flags.py`` that every parser's choices do, so a method, architecture
+or option added to the library fails those tests until it is added here too.
 """
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ OBJECTIVES = ("dc", "dsa", "dm", "dm_l1", "dm_bn", "mtt", "tesla", "mtt_l1", "ki
 PARAMETERISATIONS = ("glad", "gendm", "latentdd", "haba")
 # --method of experiments.distill: experiments.distill.method_choices().
 DISTILL_METHODS = tuple(sorted(set(OBJECTIVES) | set(PARAMETERISATIONS)))
+# jaxdistill.synthetic.INITS (--init of experiments.distill: real / noise or a coreset selection).
+INITS = ("real", "noise", "random", "herding", "kcenter", "forgetting")
 # jaxdistill.coreset.METHODS and the FeatureNetConfig defaults.
 CORESET_METHODS = ("random", "herding", "kcenter", "forgetting")
 FEATURE_WIDTH = 64
@@ -28,6 +30,8 @@ NORMS = ("instancenorm", "batchnorm", "layernorm", "groupnorm", "none")
 POOLINGS = ("avg", "max", "none")
 # jaxdistill.presets.names().
 PRESETS = ("cpu", "paper")
-# jaxdistill.generators.ARCHS and jaxdistill.synthetic.glad.SPACES.
+# jaxdistill.generators.ARCHS, jaxdistill.synthetic.glad.SPACES.
 GENERATOR_ARCHS = ("style", "decoder")
 GLAD_SPACES = ("features", "wplus", "w", "z")
+# jaxdistill.synthetic.glad.INITS.
+GLAD_INITS = ("random", "class_mean")

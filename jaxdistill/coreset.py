@@ -140,25 +140,30 @@ def train_feature_net(key, images, labels, num_classes: int, config: FeatureNetC
   tx = training.sgd(config.lr, 0.9, 5e-4)
   k_init, k_data = jax.random.split(key)
   state = training.init_state(model, k_init, images.shape[1:], tx)
+  steps = training.epoch_steps(n, config.batch_size)[0]
+
   @jax.jit
-  def epoch_fn(state, prev_correct, forgets, learned, ekey):
-    # The shared epoch (training.epoch_batches / batch_step): every example is presented once per epoch, the
-    # last partial batch included; its padding entries (index 0, mask 0) are sent out of range and dropped.
+  def step_fn(carry, ekey, s):
+    # One minibatch of the shared epoch (training.epoch_batches / batch_step): every example is presented once
+    # per epoch, the last partial batch included; its padding entries (index 0, mask 0) are sent out of range and
+    # dropped by the scatters. Steps are dispatched from the host: XLA:CPU runs convolutions inside a compiled
+    # loop (lax.scan) several times slower.
+    state, prev_correct, forgets, learned = carry
     batches = training.epoch_batches(ekey, n, config.batch_size)
     mask = jnp.ones(batches.order.shape, bool) if batches.mask is None else batches.mask > 0
+    idx = batches.order[s]
+    state, _, logits = training.batch_step(model, tx, state, images, labels, batches, s, ekey, return_logits=True)
+    correct = jnp.argmax(logits, -1) == labels[idx]
+    at = jnp.where(mask[s], idx, n)  # padding -> out of range, dropped
+    forgets = forgets.at[at].add((prev_correct[idx] & ~correct).astype(jnp.int32), mode="drop")
+    return (state, prev_correct.at[at].set(correct, mode="drop"), forgets,
+            learned.at[at].set(learned[idx] | correct, mode="drop"))
 
-    def step(carry, s):
-      state, prev_correct, forgets, learned = carry
-      idx = batches.order[s]
-      state, _, logits = training.batch_step(model, tx, state, images, labels, batches, s, ekey,
-                                             return_logits=True)
-      correct = jnp.argmax(logits, -1) == labels[idx]
-      at = jnp.where(mask[s], idx, n)  # padding -> out of range, dropped by the scatters
-      forgets = forgets.at[at].add((prev_correct[idx] & ~correct).astype(jnp.int32), mode="drop")
-      return (state, prev_correct.at[at].set(correct, mode="drop"), forgets,
-              learned.at[at].set(learned[idx] | correct, mode="drop")), None
-
-    return jax.lax.scan(step, (state, prev_correct, forgets, learned), jnp.arange(batches.order.shape[0]))[0]
+  def epoch_fn(state, prev_correct, forgets, learned, ekey):
+    carry = (state, prev_correct, forgets, learned)
+    for s in range(steps):
+      carry = step_fn(carry, ekey, jnp.int32(s))
+    return carry
 
   carry = (state, jnp.zeros((n,), bool), jnp.zeros((n,), jnp.int32), jnp.zeros((n,), bool))
   with progress_bar(config.epochs, "feature net", disable=not progress, unit="epoch") as bar:

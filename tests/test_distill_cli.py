@@ -26,6 +26,7 @@ def test_cli_writes_outputs_and_refuses_non_empty_out(tmp_path):
     assert k in metrics, k
   assert metrics["method"] == "dm" and metrics["ipc"] == 1 and metrics["iterations"] == 3
   assert len(metrics["loss_curve"]) == 3 and metrics["peak_memory_mb"] > 0
+  assert metrics["startup_seconds"] > 0  # in-process here: the age of the test session at the first step
   assert 0.0 <= metrics["test_accuracy_mean"] <= 1.0
   syn = io.load_synthetic(str(out / "synthetic.npz"))
   assert syn["images"].shape == (10, 28, 28, 1)
@@ -53,3 +54,13 @@ def test_cli_rejects_unknown_config_keys(tmp_path):
   cfg.write_text(json.dumps({"learning_rate_of_everything": 3}))
   with pytest.raises(ValueError, match="unknown option"):
     distill.main(_args(tmp_path / "run", "dm", 1, "--config", str(cfg)))
+
+
+def test_startup_seconds_counts_from_the_command():
+  import subprocess
+  import sys
+  code = ("import time; time.sleep(1.0); from experiments import common; "
+          "print(common.startup_seconds(time.time()))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+  startup = float(out.strip().splitlines()[-1])
+  assert 1.0 <= startup < 20.0  # the sleep and the interpreter's start, measured from the process's own start
