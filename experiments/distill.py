@@ -6,7 +6,8 @@
 Writes ``synthetic.npz``, ``metrics.json`` (the coreset CLI's keys plus ``iterations``,
 ``seconds_per_iteration``, ``peak_memory_mb`` and the loss curve), ``grid.png``, ``loss.png`` and, written as
 the run goes, ``metrics.jsonl`` (one JSON line per iteration: loss, seconds, the objective's aux) to ``--out``;
-``--resume`` continues an interrupted run from ``--out/checkpoint.npz`` (same seed and flags), bit-for-bit.
+``--resume`` continues an interrupted run from ``--out/checkpoint.npz`` (``--checkpoint-format orbax``:
+``--out/checkpoint.orbax/``, an orbax-checkpoint folder) with the same seed and flags, bit-for-bit.
 ``--config FILE`` is a JSON object of option overrides: keys of the method's objective config (e.g.
 ``width``, ``metric``, ``outer_loop``) and of :class:`jaxdistill.loop.LoopConfig` (e.g. ``momentum``).
 """
@@ -112,7 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
                            "image update")
   parser.add_argument("--eval-every", type=int, default=0, help="evaluate every N iterations (0: only at end)")
   parser.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint every N iterations")
-  parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.npz")
+  parser.add_argument("--resume", action="store_true",
+                      help="continue from the checkpoint in --out (checkpoint.npz, or checkpoint.orbax/)")
+  parser.add_argument("--checkpoint-format", default="npz", choices=("npz", "orbax"),
+                      help="loop checkpoint as one --out/checkpoint.npz written by process 0 (default), or an "
+                           "orbax-checkpoint folder --out/checkpoint.orbax/ saved by every process (multi-host "
+                           "jobs); synthetic.npz is the portable result either way")
   parser.add_argument("--time-budget", type=float, default=None,
                       help="stop after this many seconds (checkpoint written, no evaluation); run again with "
                            "--resume to continue — long paper runs in chunks")
@@ -252,7 +258,7 @@ def main(argv=None) -> dict:
     finally:
       if x64:
         jax.config.update("jax_enable_x64", True)
-  ckpt = os.path.join(args.out, "checkpoint.npz")
+  ckpt = os.path.join(args.out, "checkpoint.orbax" if args.checkpoint_format == "orbax" else "checkpoint.npz")
   stream = os.path.join(args.out, "metrics.jsonl") if io.is_writer() else None  # process 0 writes files
   try:
     result = loop.distill(objective, param, syn, data.train_x, data.train_y, spec.num_classes, k_loop,

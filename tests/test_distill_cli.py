@@ -49,6 +49,16 @@ def test_cli_resume_continues_and_config_file(tmp_path):
   assert metrics["objective_config"]["outer_loop"] == 2
 
 
+def test_cli_orbax_checkpoint_resumes(tmp_path):
+  out = tmp_path / "run"
+  first = distill.main(_args(out, "dm", 2, "--checkpoint-format", "orbax"))
+  assert (out / "checkpoint.orbax" / "step_00000002").is_dir() and not (out / "checkpoint.npz").exists()
+  metrics = distill.main(_args(out, "dm", 3, "--checkpoint-format", "orbax", "--resume"))
+  assert metrics["resumed_from"] == 2 and len(metrics["loss_curve"]) == 3
+  assert metrics["loss_curve"][:2] == first["loss_curve"]
+  assert sorted(p.name for p in (out / "checkpoint.orbax").iterdir()) == ["step_00000003"]
+
+
 def test_cli_rejects_unknown_config_keys(tmp_path):
   cfg = tmp_path / "cfg.json"
   cfg.write_text(json.dumps({"learning_rate_of_everything": 3}))
