@@ -1,0 +1,128 @@
+"""Speed where users wait, side by side with the reference PyTorch figures (issue "speed where users wait").
+
+Every row times one unit of work at the reference's settings (Fashion-MNIST, ConvNet-3 width 128, DSA) and prints
+the reference figure measured with the authors' code on this kind of 2-core machine (PyTorch 2.14 CPU), the ratio
+ours / reference, the FLOPs XLA counts for the compiled programs (``cost_analysis``) and the fraction of the
+machine's fp32 peak (≈ 157 GFLOP/s on these 2 cores) that the row reaches:
+
+* ``eval``: one ConvNet-128 trained on an IPC-10 set (a class-balanced random subset) for 300 epochs with DSA by
+  the reference schedule (301 epochs, lr decay), then tested on all 10 000 test images — wall time of
+  ``jaxdistill.evaluate.evaluate`` from the call to the result, compilation included (reference ≈ 89 s);
+* ``dm256`` / ``dm64``: one DM iteration (IPC 10, 256 / 64 real images per class, DSA) of the distillation loop,
+  steady state after compilation (reference 3.85 s / 0.86–0.9 s; bar 0.6 × / 0.8 ×);
+* ``dc1``: one DC iteration at IPC 1 (64 real images per class; an outer iteration = one image update and the
+  inner network training), steady state (reference 2.4 s).
+
+Run it alone on an idle machine (``python -m benchmarks.run --only speed``): the rows record the load average.
+Rows not measured by this module yet (their reference figures are in the issue): a DC outer iteration at IPC 10
+(≈ 217 s), an MTT iteration (≈ 28 s) and an MTT expert epoch on all 60 000 images (≈ 4.8 min).
+"""
+from __future__ import annotations
+
+import time
+
+from benchmarks import common
+
+PEAK_GFLOPS = 157.0  # fp32 peak of the 2-core benchmark machine (issue "speed where users wait")
+REFERENCE = {"eval": 89.0, "dm256": 3.85, "dm64": 0.88, "dc1": 2.4}
+BAR = {"eval": 0.8, "dm256": 0.6, "dm64": 0.8, "dc1": 0.8}
+ROWS = tuple(REFERENCE)
+
+
+def _flops(fn, *args) -> float:
+  """FLOPs XLA counts for the compiled ``jax.jit(fn)(*args)``."""
+  import jax
+  analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0]
+  return float(analysis.get("flops", float("nan")))
+
+
+def eval_row(quick: bool):
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from jaxdistill import data, evaluate, models, training
+  from jaxdistill.augment import default_params
+
+  width, epochs, test = (16, 4, 500) if quick else (128, 300, None)
+  x, y, spec = data.load(common.DATASET, "train")
+  tx, ty, _ = data.load(common.DATASET, "test")
+  if test:
+    tx, ty = tx[:test], ty[:test]
+  pos = np.asarray(data.random_subset(jax.random.PRNGKey(0), y, spec.num_classes, 10)).reshape(-1)
+  images, labels = x[pos], y[pos]
+  dsa = default_params()
+  start = time.perf_counter()
+  result = evaluate.evaluate(images, labels, "convnet", jax.random.PRNGKey(1), num_models=1, epochs=epochs,
+                             test_images=tx, test_labels=ty, num_classes=spec.num_classes, dsa=dsa,
+                             model_kwargs={"width": width}, progress=False)
+  seconds = time.perf_counter() - start
+  model = models.get_model("convnet", spec.num_classes, x.shape[1:], width=width)
+  tx_ = training.sgd(0.01)
+  state = training.init_state(model, jax.random.PRNGKey(0), x.shape[1:], tx_)
+  step_flops = _flops(lambda s, a, b, k: training.train_step(model, tx_, s, a, b, k, dsa=dsa, op_index=0)[0],
+                      state, jnp.asarray(images), jnp.asarray(labels), jax.random.PRNGKey(0))
+  test_flops = _flops(lambda v, a, b: training.accuracy(model, v, a, b), state.variables, jnp.asarray(tx),
+                      jnp.asarray(ty))
+  runs, _ = training.reference_schedule(epochs)
+  flops = runs * step_flops + test_flops  # 100 images: one step per epoch
+  return seconds, flops, {"test_accuracy_mean": result.mean,
+                          "protocol": f"one ConvNet-{width}, IPC-10 random subset, {epochs} epochs (+1) with DSA, "
+                                      f"reference schedule, test on {len(ty)} images; wall time incl. compile"}
+
+
+def loop_row(method: str, real_per_class: int, ipc: int, quick: bool):
+  import jax
+  import jax.numpy as jnp
+
+  from jaxdistill import data, loop, objectives, synthetic
+  from jaxdistill.objectives import RealBatch
+
+  width = 16 if quick else 128
+  x, y, spec = data.load(common.DATASET, "train[:2000]" if quick else "train")
+  nc = spec.num_classes
+  cfg = objectives.default_config(method, width=width)
+  obj = objectives.make_objective(method, cfg, num_classes=nc, image_shape=x.shape[1:], ipc=ipc)
+  key = jax.random.PRNGKey(0)
+  syn = synthetic.init_pixels(key, "real", x, y, nc, ipc)
+  iterations = 3 if quick else 6
+  lc = loop.LoopConfig(iterations=iterations, real_per_class=real_per_class,
+                       lr_img=objectives.method_defaults(method).lr_img)
+  result = loop.distill(obj, synthetic.PIXELS, syn, x, y, nc, jax.random.PRNGKey(1), lc, progress=False)
+  per_update = result.seconds_per_iteration
+  updates = 1
+  if method in ("dc", "dsa"):
+    updates = objectives.gradient_matching.default_loops(ipc)[0] if cfg.outer_loop is None else cfg.outer_loop
+  real = RealBatch(jnp.zeros((nc, real_per_class) + x.shape[1:]),
+                   jnp.broadcast_to(jnp.arange(nc)[:, None], (nc, real_per_class)))
+  batch = synthetic.PIXELS.render(syn)
+  state = obj.init(key)
+  flops = _flops(lambda images: jax.grad(lambda im: obj.loss(state, batch._replace(images=im), real, key)[0])(images),
+                 batch.images) * updates
+  return per_update * updates, flops, {
+      "protocol": f"{method} IPC {ipc}, {real_per_class} real/class, ConvNet-{width}, "
+                  f"{'DSA' if getattr(cfg, 'dsa', False) else 'no augmentation'}, one iteration "
+                  f"({updates} image update(s){' + inner training' if method == 'dc' else ''}), steady state, "
+                  f"mean of {iterations - 1} after compile; FLOPs: the image-gradient program"
+                  f"{' (inner training excluded)' if method == 'dc' else ''}"}
+
+
+def run(quick: bool = False, select=None):
+  for name in ROWS:
+    if select is not None and not select(name, None):
+      continue
+    if name == "eval":
+      seconds, flops, extra = eval_row(quick)
+    elif name in ("dm256", "dm64"):
+      seconds, flops, extra = loop_row("dm", 16 if quick else int(name[2:]), 10, quick)
+    else:
+      seconds, flops, extra = loop_row("dc", 16 if quick else 64, 1, quick)
+    ratio = seconds / REFERENCE[name]
+    yield common.row("speed", name, None, seconds_per_iteration=seconds,
+                     reference_seconds=None if quick else REFERENCE[name],
+                     ratio_to_reference=None if quick else round(ratio, 3),
+                     bar_ratio=BAR[name], meets_bar=None if quick else bool(ratio <= BAR[name]),
+                     gflop=round(flops / 1e9, 1), fraction_of_peak=round(flops / 1e9 / seconds / PEAK_GFLOPS, 3),
+                     quick=quick, **extra)
