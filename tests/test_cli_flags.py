@@ -36,7 +36,9 @@ def _expected_choices():
                   # every registered objective and every generator parameterisation (jaxdistill.synthetic)
                   "method": tuple(sorted(set(objectives.METHODS) | set(synthetic.FACTORIES))),
                   "objective": tuple(sorted(objectives.METHODS)), "gen_arch": tuple(generators.ARCHS),
-                  "glad_space": tuple(glad.SPACES), "glad_init": tuple(glad.INITS)},
+                  "glad_space": tuple(glad.SPACES), "glad_init": tuple(glad.INITS),
+                  # the loop checkpoint's two writers (jaxdistill.loop.save_checkpoint: .npz or orbax folder)
+                  "checkpoint_format": ("npz", "orbax")},
       "evaluate": dict(common_flags),
       "full": {},
       "main": {},
