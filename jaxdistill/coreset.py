@@ -141,15 +141,15 @@ def train_feature_net(key, images, labels, num_classes: int, config: FeatureNetC
   k_init, k_data = jax.random.split(key)
   state = training.init_state(model, k_init, images.shape[1:], tx)
   steps = training.epoch_steps(n, config.batch_size)[0]
+  epoch_batches = jax.jit(lambda k: training.epoch_batches(k, n, config.batch_size))
 
   @jax.jit
-  def step_fn(carry, ekey, s):
+  def step_fn(carry, batches, ekey, s):
     # One minibatch of the shared epoch (training.epoch_batches / batch_step): every example is presented once
     # per epoch, the last partial batch included; its padding entries (index 0, mask 0) are sent out of range and
     # dropped by the scatters. Steps are dispatched from the host: XLA:CPU runs convolutions inside a compiled
     # loop (lax.scan) several times slower.
     state, prev_correct, forgets, learned = carry
-    batches = training.epoch_batches(ekey, n, config.batch_size)
     mask = jnp.ones(batches.order.shape, bool) if batches.mask is None else batches.mask > 0
     idx = batches.order[s]
     state, _, logits = training.batch_step(model, tx, state, images, labels, batches, s, ekey, return_logits=True)
@@ -161,8 +161,9 @@ def train_feature_net(key, images, labels, num_classes: int, config: FeatureNetC
 
   def epoch_fn(state, prev_correct, forgets, learned, ekey):
     carry = (state, prev_correct, forgets, learned)
+    batches = epoch_batches(ekey)  # one permutation per epoch, shared by its steps
     for s in range(steps):
-      carry = step_fn(carry, ekey, jnp.int32(s))
+      carry = step_fn(carry, batches, ekey, jnp.int32(s))
     return carry
 
   carry = (state, jnp.zeros((n,), bool), jnp.zeros((n,), jnp.int32), jnp.zeros((n,), bool))
