@@ -1,4 +1,5 @@
-"""The kernel and BPTT methods as a user runs them: ``experiments.distill --method M --preset cpu --ipc K``.
+"""The kernel, BPTT and trajectory methods as a user runs them: ``experiments.distill --method M --preset cpu
+--ipc K``.
 
 Issue "kernel and BPTT methods that work": KIP, RFAD, FRePo, DD and LD must each beat a class-balanced random
 subset of real images by **5 points at IPC 1 and 2 points at IPC 10** under the shared evaluation (3 fresh
@@ -9,7 +10,11 @@ and what the paper budget, ``--preset paper``, would be), evaluates the set at 3
 random subset under the same evaluation (``experiments.coreset --method random``, cross-entropy on its hard
 labels). Every row records the bar, whether it is met, the curve and the wall time.
 
-Cost on 2 cores: 1–10 min per (method, IPC), the evaluations included; about an hour for all ten rows.
+MTT and TESLA (issue "trajectory and generative methods that work": random + 10 points at IPC 1, + 3 at IPC 10)
+read one expert buffer built in the run by ``experiments.buffers --preset cpu`` (the ``buffer`` row: its cost
+and the experts' test accuracy per epoch).
+
+Cost on 2 cores: 1–40 min per (method, IPC), the evaluations included; several hours for every row.
 """
 from __future__ import annotations
 
@@ -18,9 +23,12 @@ import tempfile
 
 from benchmarks import common
 
-METHODS = ("kip", "rfad", "frepo", "dd", "ld")
+METHODS = ("kip", "rfad", "frepo", "dd", "ld", "mtt", "tesla")
 IPCS = (1, 10)
 BAR = {1: 5.0, 10: 2.0}  # points above the random subset
+# Issue "trajectory and generative methods that work": MTT and TESLA >= random + 10 points at IPC 1, + 3 at IPC 10.
+BARS = {"mtt": {1: 10.0, 10: 3.0}, "tesla": {1: 10.0, 10: 3.0}}
+TRAJECTORY = ("mtt", "tesla")  # methods that read the expert buffer built by `experiments.buffers --preset cpu`
 EVAL_MODELS, EVAL_EPOCHS, EVAL_WIDTH = 3, 100, 128
 # Variants measured beside the presets: row name -> (method, --config overrides, {ipc: extra overrides}).
 # ld_persistent: the persistent, online-trained network of LD's code (one inner SGD step at LD's lr 0.01 on a random
@@ -68,12 +76,35 @@ def random_row(ipc: int, out: str, quick: bool):
   return m
 
 
+def build_buffer(out: str, quick: bool):
+  """``experiments.buffers --preset cpu`` into ``out``: ``(buffer.json metadata, its benchmark row)``."""
+  from experiments import buffers
+
+  argv = ["--preset", "cpu", "--dataset", common.DATASET, "--quiet", "--out", out]
+  if quick:
+    argv += ["--train-size", "300", "--test-size", "500", "--width", "16", "--experts", "2", "--experts-per-shard", "2"]
+  meta = buffers.main(argv)
+  expert_epochs = meta["num_experts"] * meta["epochs"]
+  width = meta["model_kwargs"].get("width")
+  row = common.row(
+      "presets", "buffer", None, quick=quick,
+      protocol=(f"experiments.buffers --preset cpu: {meta['num_experts']} experts ConvNet-{width} x "
+                f"{meta['epochs']} epochs on {meta['num_train']} training images ({meta['split']}), SGD "
+                f"{meta['lr']} no momentum, batch {meta['batch_size']}, DSA {meta['dsa']}, "
+                f"{meta['experts_per_shard']} experts vmapped per shard"),
+      expert_test_accuracy_per_epoch=[round(100 * a, 2) for a in meta["test_accuracy_mean"]],
+      expert_test_accuracy_std_per_epoch=[round(100 * a, 2) for a in meta["test_accuracy_std"]],
+      expert_seconds=meta["seconds"], seconds_per_expert_epoch=meta["seconds"] / expert_epochs)
+  return meta, row
+
+
 def run(quick: bool = False, select=None):
   import json
 
   from experiments import distill
 
   root = tempfile.mkdtemp(prefix="presets-")
+  buffer_dir = None
   randoms = {}
   for ipc in IPCS:
     if select is not None and not select("random", ipc):
@@ -103,9 +134,19 @@ def run(quick: bool = False, select=None):
               *_eval_flags(quick)]
       if quick:
         argv += ["--iterations", "2", "--real-per-class", "4", "--width", "16"]
+      if method in TRAJECTORY:
+        if buffer_dir is None:  # one buffer for every trajectory row of the run, its cost a row of its own
+          buffer_dir = os.path.join(root, "buffer")
+          _, buffer_row = build_buffer(buffer_dir, quick)
+          yield buffer_row
+        argv += ["--buffer", buffer_dir]
+        extra_row = {"buffer": buffer_row["protocol"]}
+      else:
+        extra_row = {}
       m = distill.main(argv)
       mean, std = m["test_accuracy_mean"], m["test_accuracy_std"]
       rnd = randoms.get(ipc)
+      bar = BARS.get(method, BAR)[ipc]
       margin = None if rnd is None else round(100 * (mean - rnd["test_accuracy_mean"]), 2)
       # [iteration, mean %, std %] along the run; the last point is the final evaluation of the row
       curve = [[e["iteration"], round(100 * e["test_accuracy_mean"], 2), round(100 * e["test_accuracy_std"], 2)]
@@ -120,7 +161,7 @@ def run(quick: bool = False, select=None):
       yield common.row(
           "presets", name, ipc, protocol=budget, eval_protocol=_eval_description(quick),
           test_accuracy_mean=mean, test_accuracy_std=std, accuracies=m["test_accuracies"],
-          margin_points=margin, bar_points=BAR[ipc], meets_bar=None if margin is None else bool(margin >= BAR[ipc]),
+          margin_points=margin, bar_points=bar, meets_bar=None if margin is None else bool(margin >= bar),
           curve=curve, seconds_per_iteration=m.get("seconds_per_iteration"), distill_seconds=m.get("distill_seconds"),
           eval_seconds=m["eval_seconds"], total_seconds=m["seconds"], published=None if overrides else common.published(method, ipc),
-          quick=quick, **extra)
+          quick=quick, **extra, **extra_row)

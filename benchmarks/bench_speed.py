@@ -13,9 +13,16 @@ machine's fp32 peak (≈ 157 GFLOP/s on these 2 cores) that the row reaches:
 * ``dc1``: one DC iteration at IPC 1 (64 real images per class; an outer iteration = one image update and the
   inner network training), steady state (reference 2.4 s).
 
+* ``dc10``: one DC outer iteration at IPC 10 (outer loop 10 image updates / inner 50, 64 real images per class),
+  steady state (reference ≈ 217 s);
+* ``mtt10``: one MTT iteration (IPC 10, N 20, M 2, batch_syn 100, ConvNet-128 student, DSA), steady state, on a
+  one-expert buffer of the student's initial parameters (the time does not depend on the values; reference
+  ≈ 28 s);
+* ``expert_epoch``: one MTT expert epoch (ConvNet-128, SGD, DSA, batch 256) on all 60 000 training images,
+  wall time of ``experts.train_experts`` for one expert and one epoch, compilation and the two test passes
+  included (reference ≈ 4.8 min).
+
 Run it alone on an idle machine (``python -m benchmarks.run --only speed``): the rows record the load average.
-Rows not measured by this module yet (their reference figures are in the issue): a DC outer iteration at IPC 10
-(≈ 217 s), an MTT iteration (≈ 28 s) and an MTT expert epoch on all 60 000 images (≈ 4.8 min).
 """
 from __future__ import annotations
 
@@ -24,8 +31,9 @@ import time
 from benchmarks import common
 
 PEAK_GFLOPS = 157.0  # fp32 peak of the 2-core benchmark machine (issue "speed where users wait")
-REFERENCE = {"eval": 89.0, "dm256": 3.85, "dm64": 0.88, "dc1": 2.4}
-BAR = {"eval": 0.8, "dm256": 0.6, "dm64": 0.8, "dc1": 0.8}
+REFERENCE = {"eval": 89.0, "dm256": 3.85, "dm64": 0.88, "dc1": 2.4, "dc10": 217.0, "mtt10": 28.0,
+             "expert_epoch": 288.0}
+BAR = {"eval": 0.8, "dm256": 0.6, "dm64": 0.8, "dc1": 0.8, "dc10": 0.8, "mtt10": 0.8, "expert_epoch": 0.8}
 ROWS = tuple(REFERENCE)
 
 
@@ -109,6 +117,71 @@ def loop_row(method: str, real_per_class: int, ipc: int, quick: bool):
                   f"{' (inner training excluded)' if method == 'dc' else ''}"}
 
 
+def mtt_row(quick: bool):
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from jaxdistill import data, experts, loop, models, synthetic
+  from jaxdistill.objectives import RealBatch
+  from jaxdistill.objectives import trajectory_matching as tm
+
+  width, steps, ipc, batch_syn = (16, 4, 2, 10) if quick else (128, 20, 10, 100)
+  x, y, spec = data.load(common.DATASET, "train[:2000]" if quick else "train[:10000]")
+  nc, shape = spec.num_classes, x.shape[1:]
+  cfg = tm.TrajectoryMatchingConfig(arch="convnet", width=width, syn_steps=steps, expert_epochs=2,
+                                    max_start_epoch=1, batch_syn=batch_syn)
+  model = models.get_model("convnet", nc, shape, width=width)
+  theta = experts.flatten(models.init_variables(model, jax.random.PRNGKey(0), shape)["params"])[0]
+  traj = np.stack([theta, theta * 0.99, theta * 0.98])[None].astype(np.float32)  # [1 expert, 3 epochs, P]
+  obj = tm.make_trajectory_matching(cfg, num_classes=nc, image_shape=shape, ipc=ipc, buffer=traj)
+  syn = synthetic.init_pixels(jax.random.PRNGKey(1), "real", x, y, nc, ipc, learn_lr=cfg.lr_init)
+  iterations = 3 if quick else 4
+  lc = loop.LoopConfig(iterations=iterations, real_per_class=1, lr_img=1000.0, param_lrs=cfg.param_lrs())
+  result = loop.distill(obj, synthetic.PIXELS, syn, x, y, nc, jax.random.PRNGKey(2), lc, progress=False)
+  batch = synthetic.PIXELS.render(syn)
+  state, key = obj.init(jax.random.PRNGKey(3)), jax.random.PRNGKey(4)
+  real = RealBatch(jnp.zeros((nc, 1) + shape), jnp.broadcast_to(jnp.arange(nc)[:, None], (nc, 1)))
+  flops = _flops(lambda images: jax.grad(lambda im: obj.loss(state, batch._replace(images=im), real, key,
+                                                             obj.data)[0])(images), batch.images)
+  return result.seconds_per_iteration, flops, {
+      "protocol": f"MTT IPC {ipc}, N {steps}, M 2, batch_syn {batch_syn}, ConvNet-{width} student, DSA, unroll "
+                  f"{'straight-line' if cfg.unroll in (None, True) else 'scan'} (the CPU default), steady state, "
+                  f"mean of {iterations - 1} after compile"}
+
+
+def expert_epoch_row(quick: bool):
+  import tempfile
+
+  import jax
+  import jax.numpy as jnp
+
+  from jaxdistill import data, experts, models, training
+  from jaxdistill.augment import default_params
+
+  width, split = (16, "train[:2000]") if quick else (128, "train")
+  x, y, spec = data.load(common.DATASET, split)
+  tx, ty, _ = data.load(common.DATASET, "test")
+  cfg = experts.ExpertConfig(arch="convnet", width=width, num_experts=1, experts_per_shard=1, epochs=1)
+  with tempfile.TemporaryDirectory(prefix="jaxdistill_expert_epoch_") as out:
+    meta = experts.train_experts(cfg, x, y, tx, ty, spec.num_classes, out, dataset=common.DATASET, split=split,
+                                 progress=False)
+  model = models.get_model("convnet", spec.num_classes, x.shape[1:], width=width)
+  sgd = training.sgd(0.01, momentum=0.0, weight_decay=0.0)
+  state = training.init_state(model, jax.random.PRNGKey(0), x.shape[1:], sgd)
+  bs = cfg.batch_size
+  step_flops = _flops(lambda s, a, b, k: training.train_step(model, sgd, s, a, b, k, dsa=default_params(),
+                                                             op_index=0)[0],
+                      state, jnp.asarray(x[:bs]), jnp.asarray(y[:bs]), jax.random.PRNGKey(0))
+  test_flops = _flops(lambda v, a, b: training.accuracy(model, v, a, b), state.variables, jnp.asarray(tx),
+                      jnp.asarray(ty))
+  steps = -(-len(y) // bs)
+  return meta["seconds"], steps * step_flops + 2 * test_flops, {
+      "protocol": f"one expert ConvNet-{width}, one epoch of {len(y)} images, SGD 0.01 no momentum, batch {bs}, "
+                  f"DSA; wall time of experts.train_experts incl. compile and the test passes at epochs 0 and 1",
+      "expert_test_accuracy": meta["test_accuracy_mean"][-1]}
+
+
 def run(quick: bool = False, select=None):
   for name in ROWS:
     if select is not None and not select(name, None):
@@ -117,8 +190,12 @@ def run(quick: bool = False, select=None):
       seconds, flops, extra = eval_row(quick)
     elif name in ("dm256", "dm64"):
       seconds, flops, extra = loop_row("dm", 16 if quick else int(name[2:]), 10, quick)
+    elif name in ("dc1", "dc10"):
+      seconds, flops, extra = loop_row("dc", 16 if quick else 64, int(name[2:]), quick)
+    elif name == "mtt10":
+      seconds, flops, extra = mtt_row(quick)
     else:
-      seconds, flops, extra = loop_row("dc", 16 if quick else 64, 1, quick)
+      seconds, flops, extra = expert_epoch_row(quick)
     ratio = seconds / REFERENCE[name]
     yield common.row("speed", name, None, seconds_per_iteration=seconds,
                      reference_seconds=None if quick else REFERENCE[name],

@@ -3,8 +3,11 @@
     python -m experiments.buffers --dataset fashion_mnist --experts 10 --experts-per-shard 5 --epochs 20 \
         --out buffers/fmnist_convnet
 
+    python -m experiments.buffers --preset cpu --out buffers/fmnist_cpu   # the recipe of the cpu MTT preset
+
 Experts: ConvNet (``--arch``/``--width``/``--depth``), SGD ``--lr`` 0.01 without momentum or weight decay,
-batch 256, per-image DSA (``--no-dsa`` to turn off), optional ``--zca``; every shard of ``--experts-per-shard``
+batch 256, per-image DSA (``--no-dsa`` to turn off), optional ``--zca``; ``--preset paper|cpu`` fills the flags
+not given from ``jaxdistill/presets/buffers/experts.json`` (every value with its source, kept in buffer.json); every shard of ``--experts-per-shard``
 experts is trained in one vmapped program, split across the ``--devices`` mesh (``--distributed`` as the other
 CLIs), and written when done (format: :mod:`jaxdistill.experts`). Prints the experts' test accuracy after every
 epoch; ``buffer.json`` keeps them (``test_accuracy_mean`` per epoch and per expert in ``shards``).
@@ -24,26 +27,39 @@ augment = cli.lazy("jaxdistill.augment")
 data_lib = cli.lazy("jaxdistill.data")
 
 
+# The recipe when neither a flag nor --preset sets an option (MTT's buffer.py defaults, as ExpertConfig).
+DEFAULTS = {"num_experts": 100, "experts_per_shard": 10, "epochs": 50, "lr": 0.01, "batch_size": 256,
+            "width": 128, "depth": None, "dsa": True, "zca": False, "zca_reg": 0.1, "train_size": None}
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--dataset", default="fashion_mnist")
+  p.add_argument("--preset", default=None, choices=names.BUFFER_PRESETS,
+                 help="a buffer recipe from jaxdistill/presets/buffers/experts.json: 'paper' (MTT: 100 ConvNet-128 "
+                      "experts x 50 epochs) or 'cpu' (a buffer 2 cores build in one benchmark run); explicit flags "
+                      "win over it")
   p.add_argument("--train-size", type=common.positive_int, default=None,
                  help="train on the first N training images (default: the whole split)")
   p.add_argument("--test-size", type=common.positive_int, default=None,
                  help="report accuracy on the first N test images (default: all)")
-  p.add_argument("--experts", type=common.positive_int, default=100, help="number of expert trajectories")
-  p.add_argument("--experts-per-shard", type=common.positive_int, default=10,
-                 help="experts trained together (vmap) and stored per file")
-  p.add_argument("--epochs", type=common.positive_int, default=50, help="epochs per expert")
-  p.add_argument("--lr", type=float, default=0.01, help="expert SGD learning rate (no momentum)")
-  p.add_argument("--batch-size", type=common.positive_int, default=256)
+  p.add_argument("--experts", dest="num_experts", type=common.positive_int, default=None,
+                 help=f"number of expert trajectories (default {DEFAULTS['num_experts']})")
+  p.add_argument("--experts-per-shard", type=common.positive_int, default=None,
+                 help=f"experts trained together (vmap) and stored per file (default {DEFAULTS['experts_per_shard']})")
+  p.add_argument("--epochs", type=common.positive_int, default=None,
+                 help=f"epochs per expert (default {DEFAULTS['epochs']})")
+  p.add_argument("--lr", type=float, default=None, help="expert SGD learning rate, no momentum (default 0.01)")
+  p.add_argument("--batch-size", type=common.positive_int, default=None, help="default 256")
   p.add_argument("--arch", default="convnet", choices=names.ARCHITECTURES,
                  help="expert network (not a batch-norm one: jaxdistill.experts.ExpertConfig)")
-  p.add_argument("--width", type=common.positive_int, default=128)
+  p.add_argument("--width", type=common.positive_int, default=None, help="default 128")
   p.add_argument("--depth", type=common.positive_int, default=None)
-  p.add_argument("--no-dsa", action="store_true", help="train experts without augmentation")
-  p.add_argument("--zca", action="store_true", help="ZCA-whiten the data (MTT on RGB datasets)")
-  p.add_argument("--zca-reg", type=float, default=0.1)
+  p.add_argument("--no-dsa", dest="dsa", action="store_const", const=False, default=None,
+                 help="train experts without augmentation")
+  p.add_argument("--zca", dest="zca", action="store_const", const=True, default=None,
+                 help="ZCA-whiten the data (MTT on RGB datasets), fitted on the [0, 1] images as MTT")
+  p.add_argument("--zca-reg", type=float, default=None, help="default 0.1")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", required=True, help="buffer folder (must be new or empty)")
   p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
@@ -57,15 +73,33 @@ def build_parser() -> argparse.ArgumentParser:
   return cli.add_debug_flag(p)
 
 
+def resolve_recipe(args) -> dict:
+  """Fills the recipe options left unset (None) from ``--preset`` (:func:`jaxdistill.presets.resolve_buffer`),
+  then from :data:`DEFAULTS`; explicit flags win. Returns ``{option: source}`` of the preset values used."""
+  sources = {}
+  if args.preset is not None:
+    from jaxdistill import presets
+    preset = presets.resolve_buffer(args.preset, args.dataset)
+    for key, value in preset.values.items():
+      if getattr(args, key) is None:
+        setattr(args, key, value)
+        sources[key] = preset.sources[key]
+  for key, value in DEFAULTS.items():
+    if getattr(args, key) is None:
+      setattr(args, key, value)
+  return sources
+
+
 def main(argv=None) -> dict:
   argv = list(sys.argv[1:] if argv is None else argv)
   args = build_parser().parse_args(argv)
   mesh = common.setup_devices(args)  # --distributed first (before JAX starts), then the --devices mesh
   spec = data_lib.get_spec(args.dataset)
+  sources = resolve_recipe(args)
   config = experts.ExpertConfig(
-      arch=args.arch, width=args.width, depth=args.depth, num_experts=args.experts,
+      arch=args.arch, width=args.width, depth=args.depth, num_experts=args.num_experts,
       experts_per_shard=args.experts_per_shard, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-      dsa=not args.no_dsa, dsa_strategy=augment.DIGIT_STRATEGY if spec.digits else augment.DEFAULT_STRATEGY,
+      dsa=args.dsa, dsa_strategy=augment.DIGIT_STRATEGY if spec.digits else augment.DEFAULT_STRATEGY,
       zca=args.zca, zca_reg=args.zca_reg, seed=args.seed).validate()
   if args.time_budget is not None and not args.time_budget > 0:
     raise ValueError(f"--time-budget must be > 0 seconds, got {args.time_budget}.")
@@ -81,7 +115,8 @@ def main(argv=None) -> dict:
     meta = experts.train_experts(config, train_x, train_y, test_x, test_y, spec.num_classes, args.out,
                                  dataset=args.dataset, split=split, progress=not args.quiet,
                                  log=None if args.quiet else print, mesh=mesh, resume=args.resume,
-                                 deadline=deadline)
+                                 deadline=deadline,
+                                 extra_metadata={"preset": args.preset, "preset_sources": sources})
   except KeyboardInterrupt as e:  # Ctrl-C: the finished shards stay; say how to continue
     e.kept = f"the finished shards in {args.out}"
     e.resume_command = cli.resume_command("experiments.buffers", argv)

@@ -30,6 +30,8 @@ NORMS = ("instancenorm", "batchnorm", "layernorm", "groupnorm", "none")
 POOLINGS = ("avg", "max", "none")
 # jaxdistill.presets.names().
 PRESETS = ("cpu", "paper")
+# jaxdistill.presets.buffer_presets(): the expert-buffer recipes of `experiments.buffers --preset`.
+BUFFER_PRESETS = ("cpu", "paper")
 # jaxdistill.generators.ARCHS, jaxdistill.synthetic.glad.SPACES.
 GENERATOR_ARCHS = ("style", "decoder")
 GLAD_SPACES = ("features", "wplus", "w", "z")

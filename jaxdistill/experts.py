@@ -124,15 +124,27 @@ def unflattener(model, image_shape) -> Tuple[Callable, int, List[List[Any]]]:
   return unflat, int(flat.size), param_layout(zeros)
 
 
-def prepare_images(config: ExpertConfig, train_x, test_x):
+def prepare_images(config: ExpertConfig, train_x, test_x, pixel_mean=None, pixel_std=None):
   """``(train, test, zca_or_None)``: with ``config.zca`` both splits whitened by a ZCA fitted on ``train_x``
-  (:func:`jaxdistill.data.fit_zca`, ``reg = config.zca_reg``), else unchanged."""
+  (:func:`jaxdistill.data.fit_zca`, ``reg = config.zca_reg``), else unchanged. ``pixel_mean`` / ``pixel_std``:
+  the normalisation constants of the images; given, the ZCA is fitted on the ``[0, 1]`` images as MTT does
+  (:func:`train_experts` passes the dataset's when it knows them)."""
   if not config.zca:
     return train_x, test_x, None
   from jaxdistill.data import fit_zca
-  zca = fit_zca(train_x, reg=config.zca_reg)
+  zca = fit_zca(train_x, reg=config.zca_reg, pixel_mean=pixel_mean, pixel_std=pixel_std)
   return (np.asarray(zca.apply(np.asarray(train_x, np.float32)), np.float32),
           np.asarray(zca.apply(np.asarray(test_x, np.float32)), np.float32), zca)
+
+
+def _pixel_stats(dataset: str, channels: int):
+  """``(mean, std)`` of a known dataset (:mod:`jaxdistill.data.specs`) with ``channels`` channels, else None
+  (user data: the ZCA is then fitted on the images as given)."""
+  from jaxdistill.data.specs import DATASETS
+  spec = DATASETS.get(dataset)
+  if spec is None or len(spec.mean) != channels:
+    return None
+  return np.asarray(spec.mean, np.float64), np.asarray(spec.std, np.float64)
 
 
 def _make_epoch_fn(model, tx, n: int, batch_size: int, dsa: Optional[DSAParams]):
@@ -177,7 +189,8 @@ def shard_file(i: int) -> str:
 def train_experts(config: ExpertConfig, train_x, train_y, test_x, test_y, num_classes: int, out_dir: str, *,
                   dataset: str, split: str = "train", progress: bool = True,
                   log: Optional[Callable[[str], None]] = None, mesh=None, resume: bool = False,
-                  deadline: Optional[float] = None) -> Dict[str, Any]:
+                  deadline: Optional[float] = None,
+                  extra_metadata: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
   """Trains ``config.num_experts`` experts and writes the buffer folder ``out_dir`` (format: module docstring).
 
   Args:
@@ -192,13 +205,16 @@ def train_experts(config: ExpertConfig, train_x, train_y, test_x, test_y, num_cl
       refused with a ValueError.
     deadline: optional ``time.monotonic()`` value: no new shard starts after it; the call then returns
       ``{"complete": False, "shards_done": k, "shards": n}`` without writing ``buffer.json`` (resume later).
+    extra_metadata: more JSON-able fields for ``buffer.json`` (e.g. the CLI's preset and its sources).
 
   Returns:
     The metadata written to ``buffer.json`` (``test_accuracy_mean`` per epoch, seconds, …), with
     ``"complete": True``.
   """
   config.validate()
-  train_x, test_x, _ = prepare_images(config, np.asarray(train_x, np.float32), np.asarray(test_x, np.float32))
+  stats = _pixel_stats(dataset, np.shape(train_x)[-1]) if config.zca else None
+  train_x, test_x, _ = prepare_images(config, np.asarray(train_x, np.float32), np.asarray(test_x, np.float32),
+                                      *(stats or (None, None)))
   train_y = np.asarray(train_y, np.int32)
   image_shape = tuple(train_x.shape[1:])
   kwargs = config.model_kwargs()
@@ -266,10 +282,12 @@ def train_experts(config: ExpertConfig, train_x, train_y, test_x, test_y, num_cl
           "num_classes": int(num_classes), "epochs": int(config.epochs), "lr": float(config.lr),
           "batch_size": int(config.batch_size), "momentum": 0.0, "weight_decay": 0.0, "dsa": bool(config.dsa),
           "dsa_strategy": list(config.dsa_strategy), "zca": bool(config.zca), "zca_reg": float(config.zca_reg),
+          "zca_fitted_on": (None if not config.zca else "[0, 1] images (MTT)" if stats else "the given images"),
           "seed": int(config.seed), "num_params": num_params, "layout": layout,
           "num_experts": int(config.num_experts), "experts_per_shard": int(config.experts_per_shard),
           "shards": shards, "test_accuracy_mean": all_acc.mean(0).tolist(),
-          "test_accuracy_std": all_acc.std(0).tolist(), "seconds": time.perf_counter() - start}
+          "test_accuracy_std": all_acc.std(0).tolist(), "seconds": time.perf_counter() - start,
+          **dict(extra_metadata or {})}
   io.save_json(os.path.join(out_dir, METADATA_FILE), meta)
   return {**meta, "complete": True}
 

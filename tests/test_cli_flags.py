@@ -29,7 +29,7 @@ def _expected_choices():
   arch = tuple(models.ARCHITECTURES)
   common_flags = {"eval_arch": arch}
   return {
-      "buffers": {"arch": arch},
+      "buffers": {"arch": arch, "preset": tuple(presets.buffer_presets())},
       "continual": dict(common_flags),
       "coreset": {**common_flags, "method": tuple(coreset.METHODS)},
       "distill": {**common_flags, "init": tuple(synthetic.INITS), "preset": tuple(presets.names()),
@@ -172,3 +172,34 @@ def test_distill_init_forgetting_end_to_end(tmp_path, data_dir, monkeypatch):
   assert payload["init"] == "forgetting"
   assert json.loads((out / "metrics.json").read_text())["init"] == "forgetting"
   assert (out / "synthetic.npz").stat().st_size > 0
+
+
+def test_buffer_presets_resolve_with_sources_and_refuse_unknown_names():
+  from jaxdistill import presets
+  assert presets.buffer_presets() == ("cpu", "paper")
+  paper = presets.resolve_buffer("paper", "fashion_mnist")
+  assert (paper.values["num_experts"], paper.values["epochs"], paper.values["width"]) == (100, 50, 128)
+  assert paper.values["zca"] is False and presets.resolve_buffer("paper", "cifar10").values["zca"] is True
+  assert all(paper.sources[k].strip() for k in paper.values)
+  assert set(presets.resolve_buffer("cpu", "fashion_mnist").values) <= set(presets.BUFFER_KEYS)
+  with pytest.raises(ValueError, match="unknown buffer preset 'fast'.*cpu.*paper"):
+    presets.resolve_buffer("fast", "fashion_mnist")
+
+
+def test_buffers_preset_fills_only_the_flags_not_given(data_dir, tmp_path):
+  from jaxdistill import presets
+  cpu = presets.resolve_buffer("cpu", "fashion_mnist").values
+  args = buffers.build_parser().parse_args(["--out", "x", "--preset", "cpu", "--epochs", "1", "--no-dsa"])
+  sources = buffers.resolve_recipe(args)
+  assert args.epochs == 1 and args.dsa is False  # explicit flags win
+  assert args.num_experts == cpu["num_experts"] and args.width == cpu["width"] and "width" in sources
+  assert "epochs" not in sources and "dsa" not in sources
+  plain = buffers.build_parser().parse_args(["--out", "x"])
+  assert buffers.resolve_recipe(plain) == {} and vars(plain)["num_experts"] == buffers.DEFAULTS["num_experts"]
+  # The preset and its sources are kept in buffer.json.
+  out = tmp_path / "buf"
+  meta = buffers.main(["--data-dir", data_dir, "--preset", "cpu", *TINY_BUFFER, "--out", str(out)])
+  saved = json.loads((out / "buffer.json").read_text())
+  assert saved["preset"] == "cpu" and meta["num_experts"] == 2 and saved["epochs"] == 1
+  assert set(saved["preset_sources"]) == set(cpu) - {"num_experts", "experts_per_shard", "epochs", "batch_size",
+                                                     "width", "dsa", "train_size"}

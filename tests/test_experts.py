@@ -139,6 +139,21 @@ def test_zca_option_whitens_both_splits(small):
   assert same[0] is x and same[2] is None
 
 
+def test_zca_buffer_is_fitted_on_unit_range_images_of_a_known_dataset(small, tmp_path):
+  x, y, tx, ty = small
+  meta = experts.train_experts(_cfg(zca=True, num_experts=1, epochs=1), x, y, tx, ty, NC, str(tmp_path / "z"),
+                               dataset="fashion_mnist", split="train[:100]", progress=False)
+  assert meta["zca"] and meta["zca_fitted_on"] == "[0, 1] images (MTT)"
+  mean, std = experts._pixel_stats("fashion_mnist", 1)
+  from jaxdistill import data
+  spec = data.get_spec("fashion_mnist")
+  np.testing.assert_allclose(mean, spec.mean) and np.testing.assert_allclose(std, spec.std)
+  assert experts._pixel_stats("my_own_data", 1) is None  # user data: fitted on the images as given
+  meta = experts.train_experts(_cfg(num_experts=1, epochs=1), x, y, tx, ty, NC, str(tmp_path / "p"),
+                               dataset="fashion_mnist", split="train[:100]", progress=False)
+  assert meta["zca_fitted_on"] is None
+
+
 @pytest.mark.slow
 def test_buffers_cli_convnet_with_dsa(tmp_path):
   from experiments import buffers

@@ -428,7 +428,7 @@ def test_registered_mtt_calls_the_pure_loss(fmnist_subset):
   obj = tm.make_trajectory_matching(cfg, num_classes=10, image_shape=shape, ipc=1, buffer=traj)
   syn = synthetic.PIXELS.render(synthetic.init_pixels(jax.random.PRNGKey(1), "real", x, y, 10, 1))
   key = jax.random.PRNGKey(2)
-  value, aux = obj.loss({}, syn, None, key, obj.data)
+  value, aux = obj.loss(obj.init(jax.random.PRNGKey(0)), syn, None, key, obj.data)
   student = tm.make_student(model, shape, 10, None, None)
   k_run = jax.random.split(key, 3)[2]
   step = lambda th, i, s, a, k: student.step(th, i, s[0], s[1], a, k)

@@ -65,7 +65,8 @@ def test_unroll_equals_explicit_sgd_steps(setup):
   k_perm = jax.random.split(key)[1]
   for i in range(steps):
     perm = np.asarray(jax.random.permutation(jax.random.fold_in(k_perm, i // 4), n))
-    idx = perm[(i % 4) * bs:(i % 4 + 1) * bs]
+    chunk = 3 - i % 4  # the reference pop()s its chunks from the end
+    idx = perm[chunk * bs:(chunk + 1) * bs]
     used.append(idx)
     grads = jax.grad(lambda p: training.cross_entropy(model.apply({"params": p}, images[idx]), labels[idx]))(
         params)
@@ -74,6 +75,47 @@ def test_unroll_equals_explicit_sgd_steps(setup):
   # A pass of 4 steps uses every synthetic image exactly once.
   np.testing.assert_array_equal(np.sort(np.concatenate(used[:4])), np.arange(n))
   assert not np.allclose(np.asarray(got), np.asarray(theta0))
+
+
+def test_student_keeps_the_last_partial_batch_first_as_the_reference_pops_it(setup):
+  syn, model, unflat, theta0 = setup
+  images, labels = syn.params["images"], syn.const["labels"]
+  n, bs, steps, lr = 20, 6, 5, 0.05  # torch.split(randperm(20), 6): chunks of 6, 6, 6, 2; pop() takes the 2 first
+  student = tm.make_student(model, SHAPE, n, bs, None)
+  key = jax.random.PRNGKey(4)
+  got = jax.jit(lambda t: tm.student_unroll(student, t, images, labels, lr, key, steps))(theta0)
+  params = unflat(theta0)
+  used = []
+  k_perm = jax.random.split(key)[1]
+  for i in range(steps):
+    perm = np.asarray(jax.random.permutation(jax.random.fold_in(k_perm, i // 4), n))
+    chunks = [perm[j:j + bs] for j in range(0, n, bs)]
+    idx = chunks[len(chunks) - 1 - i % 4]
+    used.append(idx)
+    grads = jax.grad(lambda p: training.cross_entropy(model.apply({"params": p}, images[idx]), labels[idx]))(
+        params)
+    params = jax.tree_util.tree_map(lambda p, g: p - lr * g, params, grads)
+  assert [len(u) for u in used] == [2, 6, 6, 6, 2]
+  np.testing.assert_array_equal(np.sort(np.concatenate(used[:4])), np.arange(n))
+  np.testing.assert_allclose(np.asarray(got), np.asarray(experts.flatten(params)[0]), rtol=1e-5, atol=1e-6)
+
+
+def test_experts_are_taken_in_shuffled_passes_without_replacement(setup):
+  syn, model, _, theta0 = setup
+  num = 5
+  traj = jnp.stack([theta0 + 0.01 * k for k in range(num)])[:, None] + jnp.zeros((1, 3, 1))  # [5, 3, P]
+  obj = tm.make_trajectory_matching(_cfg(), num_classes=NC, image_shape=SHAPE, ipc=IPC, buffer=traj)
+  batch = synthetic.PIXELS.render(syn)
+  state = obj.init(jax.random.PRNGKey(0))
+  update = jax.jit(lambda st, k: obj.update(st, batch, k, obj.data))
+  seen = []
+  for i in range(3 * num):
+    _, aux = obj.loss(state, batch, None, jax.random.PRNGKey(100 + i), obj.data)
+    seen.append(int(aux["expert"]))
+    state = update(state, jax.random.PRNGKey(200 + i))
+  passes = [seen[k * num:(k + 1) * num] for k in range(3)]
+  assert all(sorted(p) == list(range(num)) for p in passes), seen  # each pass: every expert once
+  assert len({tuple(p) for p in passes}) > 1  # reshuffled between passes
 
 
 @pytest.mark.parametrize("gradient", ["unroll", "tesla"])
@@ -87,11 +129,12 @@ def test_loss_is_zero_when_student_reproduces_expert_segment(setup, gradient):
   end = tm.student_unroll(student, theta0, batch.images, batch.labels, batch.lr, k_run, cfg.syn_steps)
   traj = jnp.stack([theta0, 0.5 * (theta0 + end), end])[None]  # [1 expert, 3 epochs, P]; t = 0, M = 2
   obj = tm.make_trajectory_matching(cfg, num_classes=NC, image_shape=SHAPE, ipc=IPC, buffer=traj)
-  value, aux = obj.loss({}, batch, None, key, obj.data)
+  state = obj.init(jax.random.PRNGKey(0))
+  value, aux = obj.loss(state, batch, None, key, obj.data)
   assert int(aux["start_epoch"]) == 0 and int(aux["expert"]) == 0
   assert float(value) < 1e-8
   moved = traj.at[0, 2].add(0.01)
-  value, _ = obj.loss({}, batch, None, key, {"trajectories": moved})
+  value, _ = obj.loss(state, batch, None, key, {"trajectories": moved})
   assert float(value) > 1e-4
 
 

@@ -81,3 +81,34 @@ def test_bad_image_shapes_raise(images):
     data.fit_zca(images[:1])  # one image has no covariance
   with pytest.raises(ValueError):
     data.fit_zca(images[:, :, :, 0])  # not [N, H, W, C]
+
+
+def test_fit_on_unit_range_images_as_mtt(images):
+  """With the normalisation constants, the fit (and reg) are those of the [0, 1] images, and the transform maps
+  normalised images to the whitening of their [0, 1] version (MTT: kornia ZCAWhitening(eps=0.1) on ToTensor())."""
+  mean, std = np.array([0.3, 0.6]), np.array([0.25, 0.5])
+  x01 = images * 0.05 + 0.5  # a [0, 1]-like range, per-channel statistics below
+  normalised = (x01 - mean) / std
+  want = data.fit_zca(x01, reg=0.1).apply(x01)
+  zca = data.fit_zca(normalised, reg=0.1, pixel_mean=mean, pixel_std=std)
+  np.testing.assert_allclose(zca.apply(normalised), want, rtol=2e-3, atol=2e-3)
+  np.testing.assert_allclose(zca.invert(zca.apply(normalised)), normalised, atol=2e-3)
+  # Without the constants the fit is on the normalised images: a different (less regularised) transform here.
+  assert not np.allclose(data.fit_zca(normalised, reg=0.1).apply(normalised), want, atol=1e-2)
+
+
+def test_grayscale_unit_range_fit_is_a_rescaled_regulariser(images):
+  """One channel: fitting [0, 1] images with eps equals fitting the normalised ones with eps / std²."""
+  gray = images[..., :1] * 0.05 + 0.5
+  mean, std = 0.4, 0.3
+  normalised = (gray - mean) / std
+  a = data.fit_zca(normalised, reg=0.1, pixel_mean=[mean], pixel_std=[std]).apply(normalised)
+  b = data.fit_zca(normalised, reg=0.1 / std ** 2).apply(normalised)
+  np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3)
+
+
+def test_pixel_stats_must_come_together(images):
+  with pytest.raises(ValueError, match="pixel_mean and pixel_std"):
+    data.fit_zca(images, pixel_mean=[0.5, 0.5])
+  with pytest.raises(ValueError, match="pixel_std must be > 0"):
+    data.fit_zca(images, pixel_mean=[0.5, 0.5], pixel_std=[0.5, 0.0])

@@ -1,8 +1,9 @@
 """Trajectory matching: Dataset Distillation by Matching Training Trajectories (MTT, Cazenavette et al.,
 CVPR 2022), TESLA's constant-memory gradient (Cui et al., ICML 2023), and the L1 / parameter-pruning variants.
 
-Loss (MTT Eq. 2 / Alg. 1): sample an expert trajectory ``θ*`` (flattened parameters ``[T + 1, P]``, one row per
-epoch, :mod:`jaxdistill.experts`) and a start epoch ``t ∈ {0, …, T⁺ − 1}`` (``randint(0, T⁺)`` as in the
+Loss (MTT Eq. 2 / Alg. 1): take the next expert trajectory ``θ*`` of a shuffled pass over the buffer (flattened
+parameters ``[T + 1, P]``, one row per epoch, :mod:`jaxdistill.experts`; the objective's state holds the order,
+its ``update`` advances it, as the reference walks a shuffled buffer) and a start epoch ``t ∈ {0, …, T⁺ − 1}`` (``randint(0, T⁺)`` as in the
 reference code). A student starts at ``θ̂_0 = θ*_t`` and takes ``N`` SGD steps on synthetic mini-batches
 ``b_i`` (a fresh mini-batch and a fresh per-image DSA draw every step) with the learnable learning rate ``α``:
 
@@ -149,34 +150,37 @@ def make_student(model, image_shape, num_images: int, batch_syn: Optional[int],
                  dsa: Optional[DSAParams]) -> Student:
   """Builds the student step for a synthetic set of ``num_images`` images.
 
-  Mini-batches: with ``k_steps, k_perm = split(key)``, the set is shuffled once per pass
-  (``permutation(fold_in(k_perm, i // per_pass))``) and cut into ``per_pass = num_images // batch_syn``
-  consecutive chunks (the reference code's ``indices_chunks``); step ``i`` draws a DSA operation and per-image
-  parameters from ``fold_in(k_steps, i)``.
+  Mini-batches as the MTT reference (distill.py: ``indices_chunks = list(torch.split(torch.randperm(n),
+  batch_syn))``, one chunk ``pop()``-ed per step): with ``k_steps, k_perm = split(key)``, pass ``p`` shuffles
+  the set (:func:`jaxdistill.training.epoch_batches` with ``fold_in(k_perm, p)``) and cuts it into
+  ``per_pass = ⌈n / batch_syn⌉`` chunks, the last partial one kept (its padding masked out of the loss); the
+  steps of a pass take the chunks from the end, as ``pop()`` does, so the partial chunk comes first. Step ``i``
+  draws a DSA operation and per-image parameters from ``fold_in(k_steps, i)``.
   """
   unflatten, num_params, _ = experts.unflattener(model, image_shape)
   n = int(num_images)
-  bs = n if batch_syn is None else min(int(batch_syn), n)
-  per_pass = n // bs
+  per_pass, bs = training.epoch_steps(n, n if batch_syn is None else int(batch_syn))
 
-  def ce(theta, x, y):
+  def ce(theta, x, y, weights):
     logits, _ = models.apply(model, {"params": unflatten(theta)}, x, train=True)
-    return training.cross_entropy(logits, y)
+    return training.cross_entropy(logits, y, weights)
 
   def step(theta, i, images, labels, lr, key):
     k_steps, k_perm = jax.random.split(key)
     k_aug = jax.random.fold_in(k_steps, i)
-    if bs == n:
-      x, y = images, labels
+    if per_pass == 1:
+      x, y, w = images, labels, None
     else:
-      perm = jax.random.permutation(jax.random.fold_in(k_perm, i // per_pass), n)
-      idx = jax.lax.dynamic_slice(perm, ((i % per_pass) * bs,), (bs,))
+      batches = training.epoch_batches(jax.random.fold_in(k_perm, i // per_pass), n, bs)
+      chunk = per_pass - 1 - i % per_pass  # pop(): the last chunk first
+      idx = batches.order[chunk]
+      w = None if batches.mask is None else batches.mask[chunk]
       x, y = images[idx], labels[idx]
     if dsa is not None:
       k_op, k_par = jax.random.split(k_aug)
       x = apply_op(choose_op(k_op, dsa), k_par, x, dsa, per_image=True)
     # The shared inner step (jaxdistill.unroll.sgd_step): plain SGD, θ − α ∇θ ℓ.
-    return inner_unroll.sgd_step(lambda p, e, xb, yb: (ce(p, xb, yb), e), inner_unroll.InnerState(theta, None, {}),
+    return inner_unroll.sgd_step(lambda p, e, xb, yb: (ce(p, xb, yb, w), e), inner_unroll.InnerState(theta, None, {}),
                                  x, y, lr)[0].params
 
   return Student(step, unflatten, num_params, model)
@@ -403,14 +407,31 @@ def make_trajectory_matching(config: TrajectoryMatchingConfig, *, num_classes: i
   def step(theta, i, syn_pair, lr, key):
     return student.step(theta, i, syn_pair[0], syn_pair[1], lr, key)
 
+  num_experts = int(traj.shape[0])
+
   def init(key):
-    return {}
+    """The expert order: a shuffled pass over the buffer (``{"expert_order" [E], "expert_pos" []}``)."""
+    return {"expert_order": jax.random.permutation(key, num_experts).astype(jnp.int32),
+            "expert_pos": jnp.zeros((), jnp.int32)}
+
+  def update(state, syn, key, data=None):
+    """Moves to the next expert of the pass; after the last one, a new shuffled pass (the reference walks a
+    shuffled buffer, ``random.shuffle(buffer)``, one expert per iteration, without replacement)."""
+    pos = state["expert_pos"] + 1
+    wrap = pos >= num_experts
+    order = jnp.where(wrap, jax.random.permutation(key, num_experts).astype(jnp.int32), state["expert_order"])
+    return {"expert_order": order, "expert_pos": jnp.where(wrap, 0, pos).astype(jnp.int32)}
 
   def objective_loss(state, syn, real: RealBatch, key, data):
-    """MTT Eq. 2 for one sampled expert segment; ``syn.images [C·ipc, H, W, C]``, ``syn.lr`` α or None."""
+    """MTT Eq. 2 for the current expert of ``state`` (:func:`init`; an empty state ``{}``, as a caller of the
+    pure loss may pass, draws the expert from ``key`` instead) and a random start epoch;
+    ``syn.images [C·ipc, H, W, C]``, ``syn.lr`` α or None."""
     trajectories = data["trajectories"]
     k_e, k_t, k_run = jax.random.split(key, 3)
-    e = jax.random.randint(k_e, (), 0, trajectories.shape[0])
+    if state and "expert_order" in state:
+      e = state["expert_order"][state["expert_pos"]]
+    else:
+      e = jax.random.randint(k_e, (), 0, trajectories.shape[0])
     t = jax.random.randint(k_t, (), 0, t_max)
     start = trajectories[e, t]
     target = trajectories[e, t + m]
@@ -420,7 +441,7 @@ def make_trajectory_matching(config: TrajectoryMatchingConfig, *, num_classes: i
                  unroll=backend.choose(config.unroll, cpu=True, accelerator=False))
     return value, {"expert": e, "start_epoch": t, "lr": lr}
 
-  return Objective(name, init, objective_loss, None, config, {"trajectories": jnp.asarray(traj)})
+  return Objective(name, init, objective_loss, update, config, {"trajectories": jnp.asarray(traj)})
 
 
 def soft_labels_from_buffer(config: TrajectoryMatchingConfig, images, num_classes: int, image_shape,

@@ -340,3 +340,75 @@ def describe(method: Optional[str] = None) -> str:
 
 __all__ = ["EVAL_KEYS", "PARAMETERISATION_OPTIONS", "PRESET_DIR", "Preset", "accepted_keys", "available",
            "describe", "methods", "names", "note", "resolve", "validate"]
+
+
+# --- expert-buffer recipes (``python -m experiments.buffers --preset NAME``) -----------------------------------
+
+BUFFER_FILE = os.path.join(PRESET_DIR, "buffers", "experts.json")
+# Options a buffer preset may set: the fields of jaxdistill.experts.ExpertConfig a recipe chooses, and the
+# training-set size (None: the whole split).
+BUFFER_KEYS: Dict[str, type] = {"num_experts": int, "experts_per_shard": int, "epochs": int, "lr": float,
+                                "batch_size": int, "width": int, "depth": int, "dsa": bool, "zca": bool,
+                                "zca_reg": float, "train_size": int}
+
+
+@functools.lru_cache(maxsize=None)
+def _buffer_file() -> Dict[str, List[dict]]:
+  """The checked ``presets`` of :data:`BUFFER_FILE` (entries select by ``dataset`` only)."""
+  from jaxdistill.data.specs import DATASETS
+  where = os.path.join("buffers", os.path.basename(BUFFER_FILE))
+  with open(BUFFER_FILE, encoding="utf-8") as f:
+    data = json.load(f)
+  if not isinstance(data, dict) or set(data) - {"note", "presets"} or not isinstance(data.get("presets"), dict):
+    _fail(where, "must be an object with 'presets' and an optional 'note'.")
+  for name, entries in data["presets"].items():
+    if not isinstance(entries, list) or not entries:
+      _fail(where, f"preset {name!r} must be a non-empty list of entries.")
+    for i, entry in enumerate(entries):
+      at = f"{where} [{name} #{i}]"
+      if not isinstance(entry, dict) or set(entry) - {"dataset", "options"} or "options" not in entry:
+        _fail(at, "each entry must be an object with 'options' and an optional 'dataset'.")
+      ds = entry.get("dataset", "*")
+      for d in ds if isinstance(ds, list) else [ds]:
+        if d != "*" and d not in DATASETS:
+          _fail(at, f"unknown dataset {d!r}; accepted: {sorted(DATASETS)} or '*'.")
+      for key, spec in entry["options"].items():
+        if key not in BUFFER_KEYS:
+          _fail(at, f"option {key!r} is not a buffer option; accepted: {sorted(BUFFER_KEYS)}.")
+        if not isinstance(spec, dict) or set(spec) != {"value", "source"} or not str(spec["source"]).strip():
+          _fail(at, f"option {key!r} must be {{'value': ..., 'source': '...'}} with a non-empty source.")
+        kind, value = BUFFER_KEYS[key], spec["value"]
+        ok = (isinstance(value, bool) if kind is bool else
+              isinstance(value, int) and not isinstance(value, bool) and value >= 1 if kind is int else
+              isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0)
+        if not ok:
+          _fail(at, f"option {key!r} must be a {'boolean' if kind is bool else 'positive ' + kind.__name__}, "
+                f"got {value!r}.")
+  return data["presets"]
+
+
+def buffer_presets() -> Tuple[str, ...]:
+  """The expert-buffer preset names (sorted), e.g. ``("cpu", "paper")``."""
+  return tuple(sorted(_buffer_file()))
+
+
+def resolve_buffer(name: str, dataset: str) -> Preset:
+  """The expert-buffer recipe ``name`` for ``dataset`` (:data:`BUFFER_KEYS` options with sources; entries naming
+  the dataset win over ``"*"``).
+
+  Raises:
+    ValueError: an unknown preset name.
+  """
+  presets = _buffer_file()
+  if name not in presets:
+    raise ValueError(f"unknown buffer preset {name!r}; accepted: {sorted(presets)}.")
+  values: Dict[str, Any] = {}
+  sources: Dict[str, str] = {}
+  for level in (0, 1):
+    for entry in presets[name]:
+      ds = entry.get("dataset", "*")
+      hit = (ds == "*") if level == 0 else (ds != "*" and dataset in (ds if isinstance(ds, list) else [ds]))
+      if hit:
+        for key, spec in entry["options"].items():
+          values[key], sources[key] = spec["value"], spec["source"]
+  return Preset(values, sources)
