@@ -7,8 +7,8 @@
 
 Experts: ConvNet (``--arch``/``--width``/``--depth``), SGD ``--lr`` 0.01 without momentum or weight decay,
 batch 256, per-image DSA (``--no-dsa`` to turn off), optional ``--zca``; ``--preset paper|cpu`` fills the flags
-not given from ``jaxdistill/presets/buffers/experts.json`` (every value with its source, kept in buffer.json); every shard of ``--experts-per-shard``
-experts is trained in one vmapped program, split across the ``--devices`` mesh (``--distributed`` as the other
+not given from ``jaxdistill/presets/buffers/experts.json`` (every value with its source, kept in buffer.json);
+every shard of ``--experts-per-shard`` experts is trained in one vmapped program, split across the ``--devices`` mesh (``--distributed`` as the other
 CLIs), and written when done (format: :mod:`jaxdistill.experts`). Prints the experts' test accuracy after every
 epoch; ``buffer.json`` keeps them (``test_accuracy_mean`` per epoch and per expert in ``shards``).
 """

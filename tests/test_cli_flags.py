@@ -18,7 +18,7 @@ from experiments import buffers, common, distill, names
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Every module of experiments/ with a build_parser() (the CLIs); a new CLI fails test_every_cli_is_listed.
-CLI_MODULES = ("buffers", "continual", "coreset", "distill", "evaluate", "full", "main", "nas")
+CLI_MODULES = ("buffers", "continual", "coreset", "distill", "evaluate", "full", "main", "nas", "train_generator")
 
 
 def _expected_choices():
@@ -43,6 +43,7 @@ def _expected_choices():
       "full": {},
       "main": {},
       "nas": dict(common_flags),
+      "train_generator": {},
   }
 
 
