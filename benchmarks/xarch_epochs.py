@@ -38,7 +38,7 @@ def measure(archs=("lenet", "mlp", "convnet"), epochs=(20, 100, 300), num_models
   return {"set": f"class-balanced random subset, IPC {ipc}, seed 0 (Fashion-MNIST)",
           "protocol": f"{num_models} networks per cell, SGD 0.01 mom 0.9 wd 5e-4, reference schedule (E + 1 epochs, "
                       "lr / 10 at E / 2), batch 256, no augmentation, default widths, all 10 000 test images",
-          "rows": rows, "load_average": os.getloadavg()[0]}
+          "cells": rows, "load_average": os.getloadavg()[0]}
 
 
 def main(argv=None):
