@@ -77,13 +77,25 @@ def random_row(ipc: int, out: str, quick: bool):
 
 
 def build_buffer(out: str, quick: bool):
-  """``experiments.buffers --preset cpu`` into ``out``: ``(buffer.json metadata, its benchmark row)``."""
+  """``experiments.buffers --preset cpu`` into ``out``: ``(buffer.json metadata, its benchmark row)``. With
+  ``$JAXDISTILL_BENCH_BUFFER`` naming a buffer that command built before (its ``preset`` is ``cpu`` and it
+  covers the whole training split), that buffer is used and the row reports the build it records."""
   from experiments import buffers
+  from jaxdistill import experts
 
-  argv = ["--preset", "cpu", "--dataset", common.DATASET, "--quiet", "--out", out]
-  if quick:
-    argv += ["--train-size", "300", "--test-size", "500", "--width", "16", "--experts", "2", "--experts-per-shard", "2"]
-  meta = buffers.main(argv)
+  existing = os.environ.get("JAXDISTILL_BENCH_BUFFER")
+  if existing and not quick:
+    meta = experts.read_metadata(existing)
+    if meta.get("preset") != "cpu" or meta.get("split") != "train" or meta.get("dataset") != common.DATASET:
+      raise ValueError(f"$JAXDISTILL_BENCH_BUFFER {existing!r} is not a `experiments.buffers --preset cpu` buffer "
+                       f"of the whole {common.DATASET} training split.")
+    out = existing
+  else:
+    argv = ["--preset", "cpu", "--dataset", common.DATASET, "--quiet", "--out", out]
+    if quick:
+      argv += ["--train-size", "300", "--test-size", "500", "--width", "16", "--experts", "2",
+               "--experts-per-shard", "2"]
+    meta = buffers.main(argv)
   expert_epochs = meta["num_experts"] * meta["epochs"]
   width = meta["model_kwargs"].get("width")
   row = common.row(
@@ -94,7 +106,8 @@ def build_buffer(out: str, quick: bool):
                 f"{meta['experts_per_shard']} experts vmapped per shard"),
       expert_test_accuracy_per_epoch=[round(100 * a, 2) for a in meta["test_accuracy_mean"]],
       expert_test_accuracy_std_per_epoch=[round(100 * a, 2) for a in meta["test_accuracy_std"]],
-      expert_seconds=meta["seconds"], seconds_per_expert_epoch=meta["seconds"] / expert_epochs)
+      expert_seconds=meta["seconds"], seconds_per_expert_epoch=meta["seconds"] / expert_epochs,
+      buffer_dir=out, built_in_this_run=not (existing and not quick))
   return meta, row
 
 
@@ -136,8 +149,8 @@ def run(quick: bool = False, select=None):
         argv += ["--iterations", "2", "--real-per-class", "4", "--width", "16"]
       if method in TRAJECTORY:
         if buffer_dir is None:  # one buffer for every trajectory row of the run, its cost a row of its own
-          buffer_dir = os.path.join(root, "buffer")
-          _, buffer_row = build_buffer(buffer_dir, quick)
+          _, buffer_row = build_buffer(os.path.join(root, "buffer"), quick)
+          buffer_dir = buffer_row["buffer_dir"]
           yield buffer_row
         argv += ["--buffer", buffer_dir]
         extra_row = {"buffer": buffer_row["protocol"]}
