@@ -1,7 +1,7 @@
 """How every jaxdistill command runs: one-line errors, exit codes, quiet start; and the ``jaxdistill`` command.
 
     jaxdistill distill --method dm --ipc 10 --out runs/dm    # = python -m experiments.distill ...
-    jaxdistill coreset|evaluate|buffers|continual|nas|full|main ...
+    jaxdistill coreset|evaluate|buffers|train_generator|continual|nas|full|main ...
     jaxdistill --help
 
 :func:`run` calls a CLI's ``main(argv)`` (which raises, so tests and notebooks get exceptions) and turns what it
@@ -41,6 +41,7 @@ COMMANDS = {
     "coreset": "experiments.coreset",
     "evaluate": "experiments.evaluate",
     "buffers": "experiments.buffers",
+    "train_generator": "experiments.train_generator",
     "continual": "experiments.continual",
     "nas": "experiments.nas",
     "full": "experiments.full",
@@ -51,6 +52,7 @@ SUMMARIES = {
     "coreset": "select real images per class (random, herding, k-center, forgetting)",
     "evaluate": "evaluate a saved synthetic.npz across architectures",
     "buffers": "train expert trajectories for MTT / TESLA",
+    "train_generator": "train a class-conditional generator as a GAN (GLaD's prior)",
     "continual": "class-incremental learning with a condensed memory",
     "nas": "architecture search with proxy training sets",
     "full": "the paper protocol (DC, DSA, DM, MTT at IPC 1/10/50) in resumable chunks",

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxdistill import generators as G
-from jaxdistill.validation import check_ints, check_positive
+from jaxdistill.validation import check_in_range, check_ints, check_nonnegative, check_positive
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,12 +54,9 @@ class GANConfig:
   def validate(self):
     check_ints(self, ("steps", "batch_size", "d_width"))
     check_positive(self, ("lr_g", "lr_d"))
+    check_nonnegative(self, ("r1_gamma",))
     for name in ("beta1", "beta2", "ema_decay"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}.")
-    if isinstance(self.r1_gamma, bool) or not isinstance(self.r1_gamma, (int, float)) or self.r1_gamma < 0:
-      raise ValueError(f"r1_gamma must be a number >= 0, got {self.r1_gamma!r}.")
+      check_in_range(name, getattr(self, name), 0.0, 1.0, hi_closed=False)
     return self
 
 

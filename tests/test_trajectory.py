@@ -52,6 +52,24 @@ def _loss_fn(student, theta0, target, labels, key, n, mode, unroll=False):
   return f
 
 
+def _explicit_sgd(model, params, images, labels, lr, key, n, bs, steps):
+  """Plain SGD on the Flax parameter pytree over the documented mini-batch schedule: pass ``p`` permutes with
+  ``fold_in(k_perm, p)``, cuts ``torch.split``-style chunks (the last one partial) and takes them from the end, as
+  the reference's ``pop()``. Returns the parameters and the index sets used."""
+  used = []
+  k_perm = jax.random.split(key)[1]
+  per_pass = -(-n // bs)
+  for i in range(steps):
+    perm = np.asarray(jax.random.permutation(jax.random.fold_in(k_perm, i // per_pass), n))
+    chunks = [perm[j:j + bs] for j in range(0, n, bs)]
+    idx = chunks[per_pass - 1 - i % per_pass]
+    used.append(idx)
+    grads = jax.grad(lambda p: training.cross_entropy(model.apply({"params": p}, images[idx]), labels[idx]))(
+        params)
+    params = jax.tree_util.tree_map(lambda p, g: p - lr * g, params, grads)
+  return params, used
+
+
 def test_unroll_equals_explicit_sgd_steps(setup):
   syn, model, unflat, theta0 = setup
   images, labels = syn.params["images"], syn.const["labels"]
@@ -60,17 +78,7 @@ def test_unroll_equals_explicit_sgd_steps(setup):
   key = jax.random.PRNGKey(3)
   got = jax.jit(lambda t: tm.student_unroll(student, t, images, labels, lr, key, steps))(theta0)
   # Explicit SGD on the Flax parameter pytree over the documented mini-batch schedule (4 chunks per pass).
-  params = unflat(theta0)
-  used = []
-  k_perm = jax.random.split(key)[1]
-  for i in range(steps):
-    perm = np.asarray(jax.random.permutation(jax.random.fold_in(k_perm, i // 4), n))
-    chunk = 3 - i % 4  # the reference pop()s its chunks from the end
-    idx = perm[chunk * bs:(chunk + 1) * bs]
-    used.append(idx)
-    grads = jax.grad(lambda p: training.cross_entropy(model.apply({"params": p}, images[idx]), labels[idx]))(
-        params)
-    params = jax.tree_util.tree_map(lambda p, g: p - lr * g, params, grads)
+  params, used = _explicit_sgd(model, unflat(theta0), images, labels, lr, key, n, bs, steps)
   np.testing.assert_allclose(np.asarray(got), np.asarray(experts.flatten(params)[0]), rtol=1e-5, atol=1e-6)
   # A pass of 4 steps uses every synthetic image exactly once.
   np.testing.assert_array_equal(np.sort(np.concatenate(used[:4])), np.arange(n))
@@ -84,17 +92,7 @@ def test_student_keeps_the_last_partial_batch_first_as_the_reference_pops_it(set
   student = tm.make_student(model, SHAPE, n, bs, None)
   key = jax.random.PRNGKey(4)
   got = jax.jit(lambda t: tm.student_unroll(student, t, images, labels, lr, key, steps))(theta0)
-  params = unflat(theta0)
-  used = []
-  k_perm = jax.random.split(key)[1]
-  for i in range(steps):
-    perm = np.asarray(jax.random.permutation(jax.random.fold_in(k_perm, i // 4), n))
-    chunks = [perm[j:j + bs] for j in range(0, n, bs)]
-    idx = chunks[len(chunks) - 1 - i % 4]
-    used.append(idx)
-    grads = jax.grad(lambda p: training.cross_entropy(model.apply({"params": p}, images[idx]), labels[idx]))(
-        params)
-    params = jax.tree_util.tree_map(lambda p, g: p - lr * g, params, grads)
+  params, used = _explicit_sgd(model, unflat(theta0), images, labels, lr, key, n, bs, steps)
   assert [len(u) for u in used] == [2, 6, 6, 6, 2]
   np.testing.assert_array_equal(np.sort(np.concatenate(used[:4])), np.arange(n))
   np.testing.assert_allclose(np.asarray(got), np.asarray(experts.flatten(params)[0]), rtol=1e-5, atol=1e-6)
