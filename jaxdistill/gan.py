@@ -98,7 +98,8 @@ def optimizers(config: GANConfig) -> Tuple[optax.GradientTransformation, optax.G
 
 
 def init(gen: G.Generator, disc: Discriminator, config: GANConfig, key, image_shape) -> GANState:
-  """A fresh :class:`GANState` (generator from :func:`jaxdistill.generators.init_generator`)."""
+  """A fresh :class:`GANState` (generator from :func:`jaxdistill.generators.init_generator`, discriminator
+  initialised on one image of ``image_shape (H, W, C)``)."""
   k_g, k_d = jax.random.split(key)
   g_params = G.init_generator(gen, k_g)
   d_params = disc.init(k_d, jnp.zeros((1,) + tuple(image_shape)), jnp.zeros((1,), jnp.int32))
@@ -116,7 +117,9 @@ def sample(gen: G.Generator, params, key, labels):
 
 
 def d_loss(d_params, disc: Discriminator, real, fake, labels, r1_gamma: float):
-  """Discriminator loss (module docstring) and ``{"d_real", "d_fake", "r1"}`` (means)."""
+  """Discriminator loss (module docstring) on ``real`` / ``fake [N, H, W, C]`` with int ``labels [N]``: a scalar
+  and ``{"d_real", "d_fake", "r1"}`` (scalar means). The R1 term takes one VJP of the summed scores, which is
+  each image's own input gradient because the discriminator has no cross-image layer."""
   real_fn = lambda x: disc.apply(d_params, x, labels)
   d_real, vjp = jax.vjp(real_fn, real)
   d_fake = disc.apply(d_params, fake, labels)
@@ -130,7 +133,8 @@ def d_loss(d_params, disc: Discriminator, real, fake, labels, r1_gamma: float):
 
 
 def g_loss(g_params, gen: G.Generator, d_params, disc: Discriminator, key, labels):
-  """Non-saturating generator loss ``mean softplus(−D(G(z, c), c))``."""
+  """Non-saturating generator loss ``mean softplus(−D(G(z, c), c))`` (a scalar) for fresh ``z`` from ``key`` and
+  int ``labels [N]``."""
   fake = sample(gen, g_params, key, labels)
   return jnp.mean(jax.nn.softplus(-disc.apply(d_params, fake, labels)))
 
