@@ -199,20 +199,35 @@ def bench_xarch(d, p, dm_set, quick):
   return rows
 
 
-def run(quick: bool = False):
-  """Benchmark rows (see module docstring)."""
+def _part_rows(p):
+  """``{part: [(method, ipc), ...]}``: the rows each part measures (for ``select``)."""
+  return {"xarch": [(f"dm_xarch_{a}", p["x_ipc"]) for a in p["x_archs"].split(",")],
+          "nas": [("nas_dm", p["x_ipc"]), ("nas_random", p["x_ipc"]), ("nas_full", None)],
+          "continual": [(f"continual_{m}", 10) for m in ("dm", "herding", "random")]}
+
+
+def run(quick: bool = False, select=None):
+  """Benchmark rows (see module docstring); ``select(method, ipc)`` (None: all) runs only the parts (xarch, nas,
+  continual) with a selected row, e.g. ``--methods dm_xarch_convnet,dm_xarch_mlp,dm_xarch_lenet``."""
   _enable_compile_cache()
   p = _protocol(quick)
+  parts = {part for part, names in _part_rows(p).items()
+           if select is None or any(select(m, i) for m, i in names)}
   d = load_data(quick, train_size=p["train_size"])
   if p["test_size"] and len(d.test_y) > p["test_size"]:
     d = d._replace(test_x=d.test_x[:p["test_size"]], test_y=d.test_y[:p["test_size"]])
-  dm_set = distill_dm(d.train_x, d.train_y, d.num_classes, p["x_ipc"], p["x_iters"], p["x_width"], p["x_real"],
-                      jax.random.PRNGKey(10))
-  _log(f"DM IPC-{p['x_ipc']} set distilled in {dm_set[2]:.0f} s")
-  rows = bench_xarch(d, p, dm_set[:2], quick)
-  rows += bench_nas(d, p, dm_set[:2], dm_set[2], quick)
-  rows += bench_continual(d, p, quick)
-  return rows
+  rows = []
+  if parts & {"xarch", "nas"}:
+    dm_set = distill_dm(d.train_x, d.train_y, d.num_classes, p["x_ipc"], p["x_iters"], p["x_width"], p["x_real"],
+                        jax.random.PRNGKey(10))
+    _log(f"DM IPC-{p['x_ipc']} set distilled in {dm_set[2]:.0f} s")
+    if "xarch" in parts:
+      rows += bench_xarch(d, p, dm_set[:2], quick)
+    if "nas" in parts:
+      rows += bench_nas(d, p, dm_set[:2], dm_set[2], quick)
+  if "continual" in parts:
+    rows += bench_continual(d, p, quick)
+  return [r for r in rows if select is None or select(r["method"], r.get("ipc"))]
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ All use the same reduced distillation budget (stated in ``protocol``) and are ev
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 
 import jax
@@ -26,6 +27,7 @@ from benchmarks import common
 from experiments.generative import max_bases
 from jaxdistill import generators as G
 from jaxdistill import loop, objectives, synthetic
+from jaxdistill.augment import default_params
 
 SHAPE = (28, 28, 1)
 
@@ -42,6 +44,27 @@ def _gendm_generator(ipc: int):
   return G.make_generator("decoder", widths=(24, 24, 16), z_dim=16, embed_dim=8)
 
 
+# GLaD through the trained prior (`--method glad --preset cpu`; jaxdistill/presets/glad.json cites these).
+# F_1 with lr 1 / 0.01: at IPC 1 the best of the pilot in benchmarks/results/glad_prior_pilot (GLaD's DM lr 10
+# for F_n: 65.7 %, lr 1: 69.3 %; W+ codes alone: 67.3 %; F_2: 64.3 %).
+GLAD_PRIOR = {"space": "features", "layer": 1, "lr_features": 1.0, "lr_codes": 0.01}
+UNBUDGETED = ("glad_prior",)
+NAMES = ("dm", "glad_dm", "glad_prior", "gendm", "haba_dm")  # the rows, in order  # rows whose storage includes a shared trained generator
+
+
+def _with_contrastive(hcfg, num_classes, digits, objective):
+  """``objective`` plus HaBa's adversarial contrastive term (DSA on the extractor's pairs, as the reference)."""
+  aug = synthetic.haba.dsa_augment(default_params(digits=digits))
+  return objectives.with_regulariser(objective, synthetic.contrastive_regulariser(hcfg, num_classes, SHAPE, aug))
+
+
+def _glad_space(gen, cfg) -> str:
+  if cfg.space != "features":
+    return f"{cfg.space} codes"
+  h, w, c = gen.config.feature_shape(cfg.layer)
+  return f"F_{cfg.layer} {h}x{w}x{c} + {gen.config.num_ws - cfg.layer} W+ codes"
+
+
 def _methods(ipc: int, data, key):
   """``[(name, parameterisation, state, loop overrides, description)]`` for one IPC."""
   x, y, nc = data.train_x, data.train_y, data.num_classes
@@ -55,6 +78,16 @@ def _methods(ipc: int, data, key):
   out.append(("glad_dm", synthetic.glad_parameterisation(gen, cfg), syn,
               {"param_lrs": {"features": 1.0, "codes": 0.01}},
               "GLaD, random style G widths (8,32,16) w64, F_1 7x7x8 + 5 W+ codes, lr F 1 / codes 0.01"))
+  prior = G.trained_prior(common.DATASET)
+  if prior:
+    gen, gparams, _ = G.load_generator(prior)
+    cfg = synthetic.GLaDConfig(space=GLAD_PRIOR["space"], layer=GLAD_PRIOR["layer"], chunk=50, count_generator=True)
+    syn = synthetic.init_glad(key, gen, gparams, cfg, nc, ipc)
+    lrs = {"features": GLAD_PRIOR["lr_features"], "codes": GLAD_PRIOR["lr_codes"]}
+    out.append(("glad_prior", synthetic.glad_parameterisation(gen, cfg), syn, {"param_lrs": lrs},
+                f"GLaD, the trained prior (jaxdistill/generators/priors/{common.DATASET}.npz, "
+                f"{G.num_params(gparams)} floats), {_glad_space(gen, cfg)}, lr F {lrs['features']:g} / codes "
+                f"{lrs['codes']:g}; storage counts latents + G (not held to the pixel budget)"))
   dec = _gendm_generator(ipc)
   gcfg = synthetic.GenDMConfig(train_per_class=ipc, samples_per_class=ipc)
   syn = synthetic.init_gendm(key, dec, gcfg, nc, ipc, SHAPE)
@@ -66,11 +99,44 @@ def _methods(ipc: int, data, key):
   hcfg = synthetic.HaBaConfig(hallucinators=hals, width=8, basis_size=14 if ipc < 10 else 0)
   hcfg = dataclasses.replace(hcfg, bases_per_class=max_bases(hcfg, nc, ipc, SHAPE))
   syn = synthetic.init_haba(key, hcfg, x, y, nc, ipc)
+  wrap = functools.partial(_with_contrastive, hcfg, nc, data.digits)
   out.append(("haba_dm", synthetic.haba_parameterisation(hcfg, nc, SHAPE), syn,
-              {"param_lrs": {"hallucinators": 0.01}},
+              {"param_lrs": {"hallucinators": 0.01}, "wrap": wrap, "objective_ipc": synthetic.train_images_per_class(hcfg)},
               f"HaBa, {hcfg.bases_per_class} bases/class of {hcfg.basis_size or 28}px x {hals} hallucinators "
-              "(width 8), lr bases 1 / hallucinators 0.01"))
+              f"(width 8), {hcfg.pairs} pairs (2 distinct hallucinators per basis per step), adversarial "
+              f"contrastive term {hcfg.contrastive:g} (extractor ConvNet-{hcfg.extractor_width}, DSA), lr bases 1 / "
+              "hallucinators 0.01"))
   return out
+
+
+def distill_set(name: str, ipc: int, data, quick: bool = False, key=None):
+  """Distils the ``name`` row's set at ``ipc`` (the row's parameterisation and budget; key ``PRNGKey(ipc)``
+  by default): ``{"batch", "state", "param", "seconds_per_iteration", "storage_floats", "final_loss",
+  "protocol"}``, or None when ``name`` has no entry (e.g. ``glad_prior`` without a trained prior)."""
+  s = _settings(quick)
+  key = jax.random.PRNGKey(ipc) if key is None else key
+  budget = synthetic.storage_budget(data.num_classes, ipc, SHAPE)
+  for entry, param, syn, over, desc in _methods(ipc, data, key):
+    if entry != name:
+      continue
+    storage = int(param.storage(syn))
+    assert storage <= budget or name in UNBUDGETED, (name, storage, budget)
+    over = dict(over)
+    wrap = over.pop("wrap", None)
+    obj = objectives.make_objective("dm", objectives.default_config("dm", width=s["width"]),
+                                    num_classes=data.num_classes, image_shape=SHAPE,
+                                    ipc=over.pop("objective_ipc", ipc))
+    if wrap is not None:
+      obj = wrap(obj)
+    lc = loop.LoopConfig(**{**dict(iterations=s["iterations"], real_per_class=s["real_per_class"], lr_img=1.0),
+                            **over})
+    out = loop.distill(obj, param, syn, data.train_x, data.train_y, data.num_classes, key, lc, progress=False)
+    return {"batch": param.render(out.state.syn), "state": out.state.syn, "param": param,
+            "seconds_per_iteration": out.seconds_per_iteration, "storage_floats": storage,
+            "final_loss": float(out.losses[-1]),
+            "protocol": (f"{desc}; DM objective, ConvNet-{s['width']} embedding, {s['iterations']} iterations, "
+                         f"{s['real_per_class']} real/class, SGD mom 0.5 unless stated")}
+  return None
 
 
 def run(quick: bool = False, select=None):
@@ -83,24 +149,18 @@ def run(quick: bool = False, select=None):
   for ipc in s["ipcs"]:
     key = jax.random.PRNGKey(ipc)
     budget = synthetic.storage_budget(data.num_classes, ipc, SHAPE)
-    for name, param, syn, over, desc in _methods(ipc, data, key):
+    for name in NAMES:
       if not select(name, ipc):
         continue
-      storage = int(param.storage(syn))
-      assert storage <= budget, (name, storage, budget)
-      obj = objectives.make_objective("dm", objectives.default_config("dm", width=s["width"]),
-                                      num_classes=data.num_classes, image_shape=SHAPE, ipc=ipc)
-      lc = loop.LoopConfig(**{**dict(iterations=s["iterations"], real_per_class=s["real_per_class"], lr_img=1.0),
-                              **over})
-      out = loop.distill(obj, param, syn, data.train_x, data.train_y, data.num_classes, key, lc, progress=False)
-      batch = param.render(out.state.syn)
+      made = distill_set(name, ipc, data, quick, key)
+      if made is None:
+        continue
+      batch = made["batch"]
       res = evaluator(batch, jax.random.fold_in(key, 2))
       yield common.row(
-          "generative", name, ipc, result=res, seconds_per_iteration=out.seconds_per_iteration,
-          protocol=(f"{desc}; DM objective, ConvNet-{s['width']} embedding, {s['iterations']} iterations, "
-                    f"{s['real_per_class']} real/class, SGD mom 0.5 unless stated"), eval_protocol=eval_desc,
-          storage_floats=storage, storage_budget_floats=budget, eval_images=int(batch.images.shape[0]),
-          final_loss=float(out.losses[-1]))
+          "generative", name, ipc, result=res, seconds_per_iteration=made["seconds_per_iteration"],
+          protocol=made["protocol"], eval_protocol=eval_desc, storage_floats=made["storage_floats"],
+          storage_budget_floats=budget, eval_images=int(batch.images.shape[0]), final_loss=made["final_loss"])
 
 
 if __name__ == "__main__":

@@ -37,3 +37,5 @@ GENERATOR_ARCHS = ("style", "decoder")
 GLAD_SPACES = ("features", "wplus", "w", "z")
 # jaxdistill.synthetic.glad.INITS.
 GLAD_INITS = ("random", "class_mean")
+# jaxdistill.synthetic.haba.PAIRS.
+HABA_PAIRS = ("sampled", "all")

@@ -3,7 +3,8 @@
     python -m experiments.train_generator --dataset fashion_mnist --steps 4000 --out runs/gen_fmnist
 
 The generator is the library's style generator (``--gen-widths``, ``--gen-z-dim``, ``--gen-w-dim``,
-``--gen-mapping-layers``; the GLaD defaults of ``experiments.distill``), trained with the non-saturating GAN loss,
+``--gen-mapping-layers``; the GLaD defaults of ``experiments.distill``) or, with ``--gen-arch decoder``, GenDM's
+conv decoder (a prior for ``--method gendm --gen-checkpoint``), trained with the non-saturating GAN loss,
 R1 and a projection discriminator (:mod:`jaxdistill.gan`). ``--out`` receives
 
 * ``generator.npz`` — the EMA generator (:func:`jaxdistill.generators.save_generator`; pass it to
@@ -21,7 +22,7 @@ import os
 import sys
 import time
 
-from experiments import cli, common
+from experiments import cli, common, names
 
 gan = cli.lazy("jaxdistill.gan")
 G = cli.lazy("jaxdistill.generators")
@@ -51,10 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--r1-gamma", type=float, default=1.0)
   p.add_argument("--ema-decay", type=float, default=0.999)
   p.add_argument("--d-width", type=common.positive_int, default=32)
+  p.add_argument("--gen-arch", default="style", choices=names.GENERATOR_ARCHS,
+                 help="style: GLaD's generator (the defaults below); decoder: GenDM's plain conv decoder, e.g. a "
+                      "budget-sized prior to start GenDM from (--gen-widths 24,24,16 --gen-z-dim 16 --gen-embed-dim 8)")
   p.add_argument("--gen-widths", type=_widths, default=GEN_DEFAULTS["widths"])
   p.add_argument("--gen-z-dim", type=common.positive_int, default=GEN_DEFAULTS["z_dim"])
-  p.add_argument("--gen-w-dim", type=common.positive_int, default=GEN_DEFAULTS["w_dim"])
-  p.add_argument("--gen-mapping-layers", type=int, default=GEN_DEFAULTS["mapping_layers"])
+  p.add_argument("--gen-w-dim", type=common.positive_int, default=GEN_DEFAULTS["w_dim"], help="style only")
+  p.add_argument("--gen-mapping-layers", type=int, default=GEN_DEFAULTS["mapping_layers"], help="style only")
+  p.add_argument("--gen-embed-dim", type=common.positive_int, default=8, help="decoder only: class embedding")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--log-every", type=common.positive_int, default=100)
   p.add_argument("--out", required=True, help="output folder (must be new or empty)")
@@ -80,8 +85,12 @@ def main(argv=None) -> dict:
   config = gan.GANConfig(steps=args.steps, batch_size=args.batch_size, lr_g=args.lr_g, lr_d=args.lr_d,
                          r1_gamma=args.r1_gamma, ema_decay=args.ema_decay, d_width=args.d_width).validate()
   h, _, c = spec.image_shape
-  gen = G.make_generator("style", num_classes=nc, resolution=h, channels=c, widths=args.gen_widths,
-                         z_dim=args.gen_z_dim, w_dim=args.gen_w_dim, mapping_layers=args.gen_mapping_layers)
+  if args.gen_arch == "style":
+    shape = dict(w_dim=args.gen_w_dim, mapping_layers=args.gen_mapping_layers)
+  else:
+    shape = dict(embed_dim=args.gen_embed_dim)
+  gen = G.make_generator(args.gen_arch, num_classes=nc, resolution=h, channels=c, widths=args.gen_widths,
+                         z_dim=args.gen_z_dim, **shape)
   io.prepare_out_dir(args.out, overwrite=args.overwrite)
   split = "train" if args.train_size is None else f"train[:{args.train_size}]"
   x, y, _ = data_lib.load(args.dataset, split, data_dir=args.data_dir, backend=common.data_backend(args))

@@ -24,7 +24,7 @@ CLI_MODULES = ("buffers", "continual", "coreset", "distill", "evaluate", "full",
 def _expected_choices():
   """``{(module, dest): the library constant}`` for every flag with ``choices``."""
   from jaxdistill import coreset, generators, models, objectives, presets, synthetic
-  from jaxdistill.synthetic import glad
+  from jaxdistill.synthetic import glad, haba
 
   arch = tuple(models.ARCHITECTURES)
   common_flags = {"eval_arch": arch}
@@ -37,13 +37,14 @@ def _expected_choices():
                   "method": tuple(sorted(set(objectives.METHODS) | set(synthetic.FACTORIES))),
                   "objective": tuple(sorted(objectives.METHODS)), "gen_arch": tuple(generators.ARCHS),
                   "glad_space": tuple(glad.SPACES), "glad_init": tuple(glad.INITS),
+                  "haba_pairs": tuple(haba.PAIRS),
                   # the loop checkpoint's two writers (jaxdistill.loop.save_checkpoint: .npz or orbax folder)
                   "checkpoint_format": ("npz", "orbax")},
       "evaluate": dict(common_flags),
       "full": {},
       "main": {},
       "nas": dict(common_flags),
-      "train_generator": {},
+      "train_generator": {"gen_arch": tuple(generators.ARCHS)},
   }
 
 

@@ -250,7 +250,7 @@ def test_cli_glad_with_dc(tmp_path):
                           "--gen-z-dim", "8", "--gen-w-dim", "8", "--glad-layer", "1", "--lr-codes", "0.001",
                           *fast, *TINY])
   assert payload["parameterisation"] == "glad" and payload["objective"] == "dc"
-  assert payload["loop_config"]["param_lrs"] == {"codes": 0.001, "features": 0.1}
+  assert payload["loop_config"]["param_lrs"] == {"codes": 0.001, "features": 1.0}  # GLaD distill_dc.py: --lr_img 1
   assert payload["storage_floats"] == 10 * (7 * 7 * 8 + 5 * 8)
   syn = io.load_synthetic(str(out / "synthetic.npz"))
   assert syn["images"].shape == (10, 28, 28, 1)
@@ -263,7 +263,8 @@ def test_cli_gendm_then_latentdd_and_haba(tmp_path):
   from experiments import distill
   fast = _config(tmp_path, dsa=False)
   with pytest.raises(ValueError, match="needs --gen-checkpoint"):
-    distill.main(["--method", "latentdd", "--objective", "dm", "--out", str(tmp_path / "ldd0"), *TINY])
+    distill.main(["--method", "latentdd", "--objective", "dm", "--out", str(tmp_path / "ldd0"), "--gen-checkpoint",
+                  "random", *TINY])
   gendm = tmp_path / "gendm"
   p = distill.main(["--method", "gendm", "--objective", "dm", "--out", str(gendm), "--gen-samples-per-class", "3",
                     *fast, *TINY])
@@ -277,6 +278,7 @@ def test_cli_gendm_then_latentdd_and_haba(tmp_path):
                     "--gen-checkpoint", str(gendm / "synthetic.npz"), *fast, *TINY])
   assert p["storage_floats"] == G.num_params(params) + 10 * gen.config.z_dim
   p = distill.main(["--method", "haba", "--objective", "dm", "--out", str(tmp_path / "haba"),
-                    "--haba-basis-size", "14", "--haba-hallucinators", "2", "--haba-width", "4", *fast, *TINY])
+                    "--haba-basis-size", "14", "--haba-hallucinators", "2", "--haba-width", "4",
+                    "--haba-extractor-width", "8", *fast, *TINY])
   assert p["storage_floats"] <= 7840 and p["parameterisation_config"]["bases_per_class"] >= 1
   assert io.load_synthetic(str(tmp_path / "haba" / "synthetic.npz"))["bases"].shape[1:] == (14, 14, 1)

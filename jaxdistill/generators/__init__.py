@@ -13,10 +13,15 @@ al. 2023, Table 4: distilling through an untrained StyleGAN already beats pixel 
 ``.npz`` files with JSON metadata (:mod:`jaxdistill.io`, no pickle): arrays ``generator/<param path>`` and
 metadata ``{"generator": {"arch", "config"}, ...}``; :func:`load_generator` also reads a GenDM run's
 ``synthetic.npz``, which stores its generator the same way.
+
+Trained priors ship with the package (``priors/<dataset>.npz``, :func:`trained_prior`): GAN-trained style
+generators (``python -m experiments.train_generator``, :mod:`jaxdistill.gan`), GLaD's default prior for their
+dataset; ``priors/README.md`` says how each was made and what it cost.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import flax
@@ -31,6 +36,21 @@ from jaxdistill.generators.stylegan import (ModConv, StyleGenerator, StyleGenera
 
 ARCHS = ("style", "decoder")
 PREFIX = "generator/"
+PRIOR_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "priors")
+
+
+def trained_priors() -> Tuple[str, ...]:
+  """The datasets with a trained generator shipped in :data:`PRIOR_DIR`, sorted."""
+  if not os.path.isdir(PRIOR_DIR):
+    return ()
+  return tuple(sorted(f[:-4] for f in os.listdir(PRIOR_DIR) if f.endswith(".npz")))
+
+
+def trained_prior(dataset: str) -> Optional[str]:
+  """Path of the trained generator shipped for ``dataset`` (a :func:`save_generator` file; load it with
+  :func:`load_generator`), or None when there is none (:func:`trained_priors` lists them)."""
+  path = os.path.join(PRIOR_DIR, f"{dataset}.npz")
+  return path if os.path.isfile(path) else None
 
 
 class Generator(NamedTuple):
@@ -192,4 +212,4 @@ __all__ = ["ARCHS", "ConvDecoder", "ConvDecoderConfig", "Generator", "ModConv", 
            "StyleGeneratorConfig", "StyleLayer", "arrays_to_params", "broadcast_ws", "check_layer",
            "class_mean_w", "config_dict", "from_config_dict", "generate", "init_generator", "load_generator",
            "mapping", "normalize_2nd_moment", "num_params", "params_to_arrays", "per_image_keys",
-           "save_generator", "synthesis"]
+           "save_generator", "synthesis", "trained_prior", "trained_priors", "PRIOR_DIR"]

@@ -12,6 +12,9 @@ Pure losses over arrays and functions (the registered objectives call them; use 
 * ``kip.loss(kernel_fn, x_s, y_s, x_t, y_t, reg)``, ``frepo.loss(feature_fn, x_s, y_s, x_t, y_t, reg)``
 * ``trajectory.loss(student_step, start, target, syn, lr, n_steps)``
 
+:func:`with_regulariser` adds a :class:`Regulariser` with its own trained state (e.g. HaBa's contrastive term,
+:func:`jaxdistill.synthetic.haba.contrastive_regulariser`) to any objective.
+
 Class-major means row ``c`` of ``[C, n, ...]`` holds class ``c``; :func:`group_by_class` turns a flat batch with
 labels into that layout.
 """
@@ -34,6 +37,7 @@ from jaxdistill.objectives.frepo import FRePoConfig, PoolState, make_frepo
 from jaxdistill.objectives.kip import KIPConfig, make_kip
 from jaxdistill.objectives.rfad import RFADConfig, make_rfad
 from jaxdistill.objectives.bptt import BPTTConfig, make_bptt, unrolled_accuracy
+from jaxdistill.objectives.regularised import Regulariser, with_regulariser
 
 
 class MethodDefaults(NamedTuple):
@@ -134,4 +138,4 @@ __all__ = ["DISTANCES", "DistributionMatchingConfig", "GMState", "GradientMatchi
            "trajectory_distance", "FRePoConfig", "KIPConfig", "PoolState", "RFADConfig", "make_frepo", "make_kip",
            "make_rfad", "BPTTConfig", "make_bptt", "unrolled_accuracy", "check_class_order", "class_major_real",
            "distribution_matching", "frepo", "gradient_matching", "group_by_class", "kip", "trajectory",
-           "trajectory_matching"]
+           "trajectory_matching", "Regulariser", "with_regulariser"]

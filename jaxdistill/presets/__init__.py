@@ -38,7 +38,8 @@ EVAL_KEYS: Dict[str, type] = {"eval_epochs": int, "eval_dsa": bool, "eval_models
 # CLI flag destinations of the parameterisation methods (experiments/generative.py) a preset may set. All of them
 # default to None on the command line, so the CLI can tell "not given" from an explicit flag.
 PARAMETERISATION_OPTIONS: Dict[str, Tuple[str, ...]] = {
-    "glad": ("lr_features", "lr_codes", "gen_widths", "gen_z_dim", "gen_w_dim", "gen_mapping_layers"),
+    "glad": ("lr_features", "lr_codes", "gen_widths", "gen_z_dim", "gen_w_dim", "gen_mapping_layers", "glad_layer",
+             "glad_chunk"),
     "latentdd": ("lr_features", "lr_codes"),
     "gendm": ("gen_widths", "gen_z_dim", "gen_w_dim", "gen_embed_dim", "gen_train_per_class",
               "gen_samples_per_class"),

@@ -12,7 +12,8 @@ from jaxdistill.synthetic.labels import (LABEL_INITS, LABEL_PROJECTIONS, LABELS_
 from jaxdistill.synthetic.glad import GLaDConfig, decoupled_grad, glad_parameterisation, init_glad
 from jaxdistill.synthetic.generator import (GenDMConfig, check_budget, gendm_parameterisation, init_gendm,
                                             init_latentdd, latentdd_parameterisation, storage_budget)
-from jaxdistill.synthetic.haba import HaBaConfig, haba_parameterisation, init_haba
+from jaxdistill.synthetic.haba import (ContentExtractor, HaBaConfig, contrastive_regulariser, draw_pairs,
+                                       haba_parameterisation, init_haba, supcon_loss, train_images_per_class)
 
 PARAMETERISATIONS = {"pixels": PIXELS, "labels_only": LABELS_ONLY, "labels_only_raw": LABELS_ONLY_RAW}
 # Parameterisations built from a configuration (a generator, a factorisation): name -> factory returning a
@@ -33,4 +34,5 @@ __all__ = ["INITS", "LABEL_INITS", "LABEL_PROJECTIONS", "LABELS_ONLY", "LABELS_O
            "SyntheticBatch", "get_parameterisation", "init_labels", "init_pixels", "render_pixels",
            "storage_pixels", "FACTORIES", "GLaDConfig", "GenDMConfig", "HaBaConfig", "check_budget", "decoupled_grad",
            "gendm_parameterisation", "glad_parameterisation", "haba_parameterisation", "init_gendm", "init_glad",
-           "init_haba", "init_latentdd", "latentdd_parameterisation", "storage_budget"]
+           "init_haba", "init_latentdd", "latentdd_parameterisation", "storage_budget", "ContentExtractor",
+           "contrastive_regulariser", "draw_pairs", "supcon_loss", "train_images_per_class"]
