@@ -132,11 +132,14 @@ def _arch_flags(args):
 
 
 def _generator(args, spec, method):
-  """``(Generator, params, from_checkpoint)`` from the flags."""
+  """``(Generator, params, from_file, source)`` from the flags: ``--gen-checkpoint``, else (glad / latentdd) the
+  shipped GLaD prior of the dataset, else a generator of the flags' shape — for gendm initialised from the
+  shipped prior of exactly that shape if there is one (:func:`jaxdistill.generators.trained_prior` with
+  ``gen``; ``--gen-checkpoint random`` opts out), otherwise random (``--gen-seed``)."""
   path = checkpoint_path(args, method)
   if path:
     gen, params, _ = G.load_generator(path)
-    return gen, params, True
+    return gen, params, True, _shipped(path) if not args.gen_checkpoint else path
   if method == "latentdd":
     raise ValueError("--method latentdd needs --gen-checkpoint (a trained generator, e.g. a gendm run's "
                      f"synthetic.npz); no trained prior ships for {args.dataset!r} (those that do: "
@@ -152,8 +155,16 @@ def _generator(args, spec, method):
       cfg[field] = getattr(args, flag)
   h, w, c = spec.image_shape
   gen = G.make_generator(arch, num_classes=spec.num_classes, resolution=h, channels=c, **cfg)
+  if method == "gendm" and args.gen_checkpoint != RANDOM:
+    prior = G.trained_prior(args.dataset, gen)
+    if prior:
+      return gen, G.load_generator(prior)[1], False, _shipped(prior)
   seed = args.seed if args.gen_seed is None else args.gen_seed
-  return gen, G.init_generator(gen, jax.random.PRNGKey(seed)), False
+  return gen, G.init_generator(gen, jax.random.PRNGKey(seed)), False, f"random (seed {seed})"
+
+
+def _shipped(path):
+  return f"trained prior shipped with jaxdistill (jaxdistill/generators/priors/{os.path.basename(path)})"
 
 
 def _objective(dist, args, data, obj_cfg, init, key, ipc):
@@ -181,14 +192,6 @@ def _glad_config(args, method, from_checkpoint):
                          decoupled=not args.no_decoupled, count_generator=from_checkpoint)
 
 
-def _source(args, method):
-  path = checkpoint_path(args, method)
-  if path and not args.gen_checkpoint:
-    return f"trained prior shipped for {args.dataset} (jaxdistill/generators/priors/{os.path.basename(path)})"
-  seed = args.seed if args.gen_seed is None else args.gen_seed
-  return path or f"random (seed {seed})"
-
-
 def make_builder(dist, method, record):
   """``build(args, data, obj_cfg, init, key)`` of ``method`` for :data:`experiments.distill.BUILDERS`;
   ``record`` (a dict) receives the metadata the output hook writes."""
@@ -200,8 +203,8 @@ def make_builder(dist, method, record):
     record["objective"] = dist.objective_name(args)
     record["storage_budget_floats"] = synthetic.storage_budget(nc, args.ipc, spec.image_shape)
     if method in ("glad", "latentdd", "gendm"):
-      gen, gparams, from_ckpt = _generator(args, spec, method)
-      record.update(generator=G.config_dict(gen), generator_source=_source(args, method),
+      gen, gparams, from_ckpt, source = _generator(args, spec, method)
+      record.update(generator=G.config_dict(gen), generator_source=source,
                     generator_floats=G.num_params(gparams))
     if method in ("glad", "latentdd"):
       cfg = _glad_config(args, method, from_ckpt or method == "latentdd")

@@ -95,3 +95,25 @@ def test_the_shipped_prior_draws_images_of_their_class(data_dir):
 
   assert matched(params) >= 8
   assert matched(G.init_generator(gen, jax.random.PRNGKey(1))) <= 3
+
+
+def test_gendm_starts_from_a_shipped_prior_of_its_exact_shape(tmp_path, monkeypatch):
+  """A shipped ``<dataset>.<tag>.npz`` whose config equals the requested decoder initialises GenDM; another shape
+  or ``--gen-checkpoint random`` gets a random generator."""
+  dec = G.make_generator("decoder", widths=(8, 8, 4), z_dim=8, embed_dim=4)
+  params = G.init_generator(dec, jax.random.PRNGKey(5))
+  G.save_generator(str(tmp_path / "fashion_mnist.decoder_tiny.npz"), dec, params)
+  monkeypatch.setattr(G, "PRIOR_DIR", str(tmp_path))
+  assert G.trained_prior("fashion_mnist", dec) == str(tmp_path / "fashion_mnist.decoder_tiny.npz")
+  assert G.trained_prior("fashion_mnist", G.make_generator("decoder", widths=(8, 8, 8), z_dim=8)) is None
+  assert G.trained_prior("mnist", dec) is None
+  assert G.trained_priors() == ()  # no GLaD prior (<dataset>.npz) in this folder
+  spec = data_lib.get_spec("fashion_mnist")
+  flags = ("--method", "gendm", "--objective", "dm", "--gen-widths", "8,8,4", "--gen-z-dim", "8",
+           "--gen-embed-dim", "4")
+  gen, got, from_file, source = gen_cli._generator(_args(*flags), spec, "gendm")
+  assert gen == dec and "fashion_mnist.decoder_tiny.npz" in source and not from_file
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(params)))
+  _, rand, _, source = gen_cli._generator(_args(*flags, "--gen-checkpoint", "random"), spec, "gendm")
+  assert source.startswith("random") and not np.array_equal(jax.tree_util.tree_leaves(rand)[0],
+                                                            jax.tree_util.tree_leaves(params)[0])

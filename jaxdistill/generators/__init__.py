@@ -21,6 +21,7 @@ dataset; ``priors/README.md`` says how each was made and what it cost.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
@@ -40,17 +41,32 @@ PRIOR_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "priors")
 
 
 def trained_priors() -> Tuple[str, ...]:
-  """The datasets with a trained generator shipped in :data:`PRIOR_DIR`, sorted."""
+  """The datasets with a trained GLaD prior (``<dataset>.npz``) in :data:`PRIOR_DIR`, sorted."""
   if not os.path.isdir(PRIOR_DIR):
     return ()
-  return tuple(sorted(f[:-4] for f in os.listdir(PRIOR_DIR) if f.endswith(".npz")))
+  return tuple(sorted(f[:-4] for f in os.listdir(PRIOR_DIR) if f.endswith(".npz") and "." not in f[:-4]))
 
 
-def trained_prior(dataset: str) -> Optional[str]:
-  """Path of the trained generator shipped for ``dataset`` (a :func:`save_generator` file; load it with
-  :func:`load_generator`), or None when there is none (:func:`trained_priors` lists them)."""
-  path = os.path.join(PRIOR_DIR, f"{dataset}.npz")
-  return path if os.path.isfile(path) else None
+def trained_prior(dataset: str, gen: Optional["Generator"] = None) -> Optional[str]:
+  """Path of a trained generator shipped for ``dataset`` (a :func:`save_generator` file; load it with
+  :func:`load_generator`), or None when there is none.
+
+  Without ``gen``: GLaD's prior ``<dataset>.npz`` (:func:`trained_priors` lists the datasets). With ``gen``:
+  the shipped file for ``dataset`` (``<dataset>.npz`` or ``<dataset>.<tag>.npz``, e.g. the budget-sized GenDM
+  decoders) whose stored architecture and config equal ``gen``'s.
+  """
+  if gen is None:
+    path = os.path.join(PRIOR_DIR, f"{dataset}.npz")
+    return path if os.path.isfile(path) else None
+  if not os.path.isdir(PRIOR_DIR):
+    return None
+  want = json.loads(json.dumps(config_dict(gen)))  # as stored: tuples become lists
+  for f in sorted(os.listdir(PRIOR_DIR)):
+    if f.endswith(".npz") and (f == f"{dataset}.npz" or f.startswith(f"{dataset}.")):
+      path = os.path.join(PRIOR_DIR, f)
+      if io.load_npz(path)[1].get("generator") == want:
+        return path
+  return None
 
 
 class Generator(NamedTuple):
