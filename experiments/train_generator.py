@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--d-width", type=common.positive_int, default=32)
   p.add_argument("--gen-arch", default="style", choices=names.GENERATOR_ARCHS,
                  help="style: GLaD's generator (the defaults below); decoder: GenDM's plain conv decoder, e.g. a "
-                      "budget-sized prior to start GenDM from (--gen-widths 24,24,16 --gen-z-dim 16 --gen-embed-dim 8)")
+                      "budget-sized prior to start GenDM from (--gen-widths 32,32,24 --gen-z-dim 16 --gen-embed-dim 8)")
   p.add_argument("--gen-widths", type=_widths, default=GEN_DEFAULTS["widths"])
   p.add_argument("--gen-z-dim", type=common.positive_int, default=GEN_DEFAULTS["z_dim"])
   p.add_argument("--gen-w-dim", type=common.positive_int, default=GEN_DEFAULTS["w_dim"], help="style only")

@@ -295,7 +295,7 @@ def test_cli_sets_parameterisation_flags_from_the_preset(tmp_path):
   args = distill.build_parser().parse_args(["--method", "gendm", "--objective", "dm", "--preset", "cpu", "--ipc",
                                             "10", "--out", str(tmp_path)])
   _, loop_cfg, _ = distill.build_configs(args, get_spec("fashion_mnist"))
-  assert args.gen_widths == (24, 24, 16) and (loop_cfg.optimizer, loop_cfg.lr_img) == ("adam", 0.01)
+  assert args.gen_widths == (32, 32, 24) and (loop_cfg.optimizer, loop_cfg.lr_img) == ("adam", 0.001)
 
 
 def test_kip_cpu_preset_evaluates_like_the_random_subset():
