@@ -76,52 +76,59 @@ def _glad_space(gen, cfg) -> str:
   return f"F_{cfg.layer} {h}x{w}x{c} + {gen.config.num_ws - cfg.layer} W+ codes"
 
 
-def _methods(ipc: int, data, key):
-  """``[(name, parameterisation, state, loop overrides, description)]`` for one IPC."""
+def _methods(ipc: int, data, key, only=None):
+  """``[(name, parameterisation, state, loop overrides, description)]`` for one IPC (``only``: just that row's
+  entry, the others are not built)."""
   x, y, nc = data.train_x, data.train_y, data.num_classes
   out = []
-  syn = synthetic.init_pixels(key, "real", x, y, nc, ipc)
-  out.append(("dm", synthetic.PIXELS, syn, {}, "pixels, real init, lr 1"))
-  gen = G.make_generator("style", widths=(8, 32, 16), z_dim=64, w_dim=64)
-  gparams = G.init_generator(gen, jax.random.fold_in(key, 7))
-  cfg = synthetic.GLaDConfig(space="features", layer=1, chunk=50)
-  syn = synthetic.init_glad(key, gen, gparams, cfg, nc, ipc)
-  out.append(("glad_dm", synthetic.glad_parameterisation(gen, cfg), syn,
-              {"param_lrs": {"features": 1.0, "codes": 0.01}},
-              "GLaD, random style G widths (8,32,16) w64, F_1 7x7x8 + 5 W+ codes, lr F 1 / codes 0.01"))
-  prior = G.trained_prior(common.DATASET)
-  if prior:
-    gen, gparams, _ = G.load_generator(prior)
-    cfg = synthetic.GLaDConfig(space=GLAD_PRIOR["space"], layer=GLAD_PRIOR["layer"], chunk=50, count_generator=True)
+  want = lambda name: only in (None, name)  # noqa: E731
+  if want("dm"):
+    syn = synthetic.init_pixels(key, "real", x, y, nc, ipc)
+    out.append(("dm", synthetic.PIXELS, syn, {}, "pixels, real init, lr 1"))
+  if want("glad_dm"):
+    gen = G.make_generator("style", widths=(8, 32, 16), z_dim=64, w_dim=64)
+    gparams = G.init_generator(gen, jax.random.fold_in(key, 7))
+    cfg = synthetic.GLaDConfig(space="features", layer=1, chunk=50)
     syn = synthetic.init_glad(key, gen, gparams, cfg, nc, ipc)
-    lrs = {"features": GLAD_PRIOR["lr_features"], "codes": GLAD_PRIOR["lr_codes"]}
-    out.append(("glad_prior", synthetic.glad_parameterisation(gen, cfg), syn, {"param_lrs": lrs},
-                f"GLaD, the trained prior (jaxdistill/generators/priors/{common.DATASET}.npz, "
-                f"{G.num_params(gparams)} floats), {_glad_space(gen, cfg)}, lr F {lrs['features']:g} / codes "
-                f"{lrs['codes']:g}; storage counts latents + G (not held to the pixel budget)"))
-  dec = _gendm_generator(ipc)
-  prior = G.trained_prior(common.DATASET, dec)  # the GAN-trained decoder of this shape (priors/README.md)
-  k = gendm_samples(ipc)
-  gcfg = synthetic.GenDMConfig(train_per_class=k * ipc, samples_per_class=k * ipc)
-  syn = synthetic.init_gendm(key, dec, gcfg, nc, ipc, SHAPE,
-                             gparams=None if prior is None else G.load_generator(prior)[1])
-  lr = 1e-3 if prior else 1e-2
-  start = f"from the GAN-trained prior {os.path.basename(prior)}" if prior else "from a random init"
-  out.append(("gendm", synthetic.gendm_parameterisation(dec, gcfg, nc), syn,
-              {"optimizer": "adam", "lr_img": lr, "objective_ipc": gcfg.train_per_class},
-              f"GenDM, decoder widths {dec.config.widths} z{dec.config.z_dim} {start}, Adam {lr:g}, "
-              f"{gcfg.train_per_class}/class per step, eval on {gcfg.samples_per_class}/class sampled"))
-  hals = 5 if ipc < 10 else 2  # keeps the evaluated set within one 256-image batch (CPU evaluation cost)
-  hcfg = synthetic.HaBaConfig(hallucinators=hals, width=8, basis_size=14 if ipc < 10 else 0)
-  hcfg = dataclasses.replace(hcfg, bases_per_class=max_bases(hcfg, nc, ipc, SHAPE))
-  syn = synthetic.init_haba(key, hcfg, x, y, nc, ipc)
-  wrap = functools.partial(_with_contrastive, hcfg, nc, data.digits)
-  out.append(("haba_dm", synthetic.haba_parameterisation(hcfg, nc, SHAPE), syn,
-              {"param_lrs": {"hallucinators": 0.01}, "wrap": wrap, "objective_ipc": synthetic.train_images_per_class(hcfg)},
-              f"HaBa, {hcfg.bases_per_class} bases/class of {hcfg.basis_size or 28}px x {hals} hallucinators "
-              f"(width 8), {hcfg.pairs} pairs (2 distinct hallucinators per basis per step), adversarial "
-              f"contrastive term {hcfg.contrastive:g} (extractor ConvNet-{hcfg.extractor_width}, DSA), lr bases 1 / "
-              "hallucinators 0.01"))
+    out.append(("glad_dm", synthetic.glad_parameterisation(gen, cfg), syn,
+                {"param_lrs": {"features": 1.0, "codes": 0.01}},
+                "GLaD, random style G widths (8,32,16) w64, F_1 7x7x8 + 5 W+ codes, lr F 1 / codes 0.01"))
+  if want("glad_prior"):
+    prior = G.trained_prior(common.DATASET)
+    if prior:
+      gen, gparams, _ = G.load_generator(prior)
+      cfg = synthetic.GLaDConfig(space=GLAD_PRIOR["space"], layer=GLAD_PRIOR["layer"], chunk=50, count_generator=True)
+      syn = synthetic.init_glad(key, gen, gparams, cfg, nc, ipc)
+      lrs = {"features": GLAD_PRIOR["lr_features"], "codes": GLAD_PRIOR["lr_codes"]}
+      out.append(("glad_prior", synthetic.glad_parameterisation(gen, cfg), syn, {"param_lrs": lrs},
+                  f"GLaD, the trained prior (jaxdistill/generators/priors/{common.DATASET}.npz, "
+                  f"{G.num_params(gparams)} floats), {_glad_space(gen, cfg)}, lr F {lrs['features']:g} / codes "
+                  f"{lrs['codes']:g}; storage counts latents + G (not held to the pixel budget)"))
+  if want("gendm"):
+    dec = _gendm_generator(ipc)
+    prior = G.trained_prior(common.DATASET, dec)  # the GAN-trained decoder of this shape (priors/README.md)
+    k = gendm_samples(ipc)
+    gcfg = synthetic.GenDMConfig(train_per_class=k * ipc, samples_per_class=k * ipc)
+    syn = synthetic.init_gendm(key, dec, gcfg, nc, ipc, SHAPE,
+                               gparams=None if prior is None else G.load_generator(prior)[1])
+    lr = 1e-3 if prior else 1e-2
+    start = f"from the GAN-trained prior {os.path.basename(prior)}" if prior else "from a random init"
+    out.append(("gendm", synthetic.gendm_parameterisation(dec, gcfg, nc), syn,
+                {"optimizer": "adam", "lr_img": lr, "objective_ipc": gcfg.train_per_class},
+                f"GenDM, decoder widths {dec.config.widths} z{dec.config.z_dim} {start}, Adam {lr:g}, "
+                f"{gcfg.train_per_class}/class per step, eval on {gcfg.samples_per_class}/class sampled"))
+  if want("haba_dm"):
+    hals = 5 if ipc < 10 else 2  # keeps the evaluated set within one 256-image batch (CPU evaluation cost)
+    hcfg = synthetic.HaBaConfig(hallucinators=hals, width=8, basis_size=14 if ipc < 10 else 0)
+    hcfg = dataclasses.replace(hcfg, bases_per_class=max_bases(hcfg, nc, ipc, SHAPE))
+    syn = synthetic.init_haba(key, hcfg, x, y, nc, ipc)
+    wrap = functools.partial(_with_contrastive, hcfg, nc, data.digits)
+    out.append(("haba_dm", synthetic.haba_parameterisation(hcfg, nc, SHAPE), syn,
+                {"param_lrs": {"hallucinators": 0.01}, "wrap": wrap, "objective_ipc": synthetic.train_images_per_class(hcfg)},
+                f"HaBa, {hcfg.bases_per_class} bases/class of {hcfg.basis_size or 28}px x {hals} hallucinators "
+                f"(width 8), {hcfg.pairs} pairs (2 distinct hallucinators per basis per step), adversarial "
+                f"contrastive term {hcfg.contrastive:g} (extractor ConvNet-{hcfg.extractor_width}, DSA), lr bases 1 / "
+                "hallucinators 0.01"))
   return out
 
 
@@ -132,7 +139,7 @@ def distill_set(name: str, ipc: int, data, quick: bool = False, key=None):
   s = _settings(quick)
   key = jax.random.PRNGKey(ipc) if key is None else key
   budget = synthetic.storage_budget(data.num_classes, ipc, SHAPE)
-  for entry, param, syn, over, desc in _methods(ipc, data, key):
+  for entry, param, syn, over, desc in _methods(ipc, data, key, only=name):
     if entry != name:
       continue
     storage = int(param.storage(syn))
