@@ -8,8 +8,9 @@
 Experts: ConvNet (``--arch``/``--width``/``--depth``), SGD ``--lr`` 0.01 without momentum or weight decay,
 batch 256, per-image DSA (``--no-dsa`` to turn off), optional ``--zca``; ``--preset paper|cpu`` fills the flags
 not given from ``jaxdistill/presets/buffers/experts.json`` (every value with its source, kept in buffer.json);
-every shard of ``--experts-per-shard`` experts is trained in one vmapped program, split across the ``--devices`` mesh (``--distributed`` as the other
-CLIs), and written when done (format: :mod:`jaxdistill.experts`). Prints the experts' test accuracy after every
+every shard of ``--experts-per-shard`` experts is trained in one vmapped program on accelerators (split across
+the ``--devices`` mesh, ``--distributed`` as the other CLIs) and one expert after another on CPU, where that is
+faster (``--vmap-experts/--no-vmap-experts`` to choose; same trajectories), and written when done (format: :mod:`jaxdistill.experts`). Prints the experts' test accuracy after every
 epoch; ``buffer.json`` keeps them (``test_accuracy_mean`` per epoch and per expert in ``shards``).
 """
 from __future__ import annotations
@@ -46,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--experts", dest="num_experts", type=common.positive_int, default=None,
                  help=f"number of expert trajectories (default {DEFAULTS['num_experts']})")
   p.add_argument("--experts-per-shard", type=common.positive_int, default=None,
-                 help=f"experts trained together (vmap) and stored per file (default {DEFAULTS['experts_per_shard']})")
+                 help=f"experts trained together and stored per file (default {DEFAULTS['experts_per_shard']})")
+  p.add_argument("--vmap-experts", action=argparse.BooleanOptionalAction, default=None,
+                 help="step a shard's experts in one vmapped program (default: on accelerators and with "
+                      "--devices; one expert at a time on CPU, measured faster there; same trajectories)")
   p.add_argument("--epochs", type=common.positive_int, default=None,
                  help=f"epochs per expert (default {DEFAULTS['epochs']})")
   p.add_argument("--lr", type=float, default=None, help="expert SGD learning rate, no momentum (default 0.01)")
@@ -100,7 +104,7 @@ def main(argv=None) -> dict:
       arch=args.arch, width=args.width, depth=args.depth, num_experts=args.num_experts,
       experts_per_shard=args.experts_per_shard, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
       dsa=args.dsa, dsa_strategy=augment.DIGIT_STRATEGY if spec.digits else augment.DEFAULT_STRATEGY,
-      zca=args.zca, zca_reg=args.zca_reg, seed=args.seed).validate()
+      zca=args.zca, zca_reg=args.zca_reg, seed=args.seed, vmap_experts=args.vmap_experts).validate()
   if args.time_budget is not None and not args.time_budget > 0:
     raise ValueError(f"--time-budget must be > 0 seconds, got {args.time_budget}.")
   deadline = None if args.time_budget is None else time.monotonic() + args.time_budget

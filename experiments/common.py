@@ -87,13 +87,48 @@ def add_device_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
   parser.add_argument("--coordinator-address", default=None, help="with --distributed: host:port of process 0")
   parser.add_argument("--num-processes", type=int, default=None, help="with --distributed: number of processes")
   parser.add_argument("--process-id", type=int, default=None, help="with --distributed: this process's index")
+  parser.add_argument("--compile-cache", default=None,
+                      help=f"folder of JAX's persistent compilation cache, shared by runs (default: "
+                           f"${COMPILE_CACHE_ENV} or {DEFAULT_COMPILE_CACHE}); 'off' disables it")
   return parser
 
 
+COMPILE_CACHE_ENV = "JAXDISTILL_COMPILE_CACHE"
+DEFAULT_COMPILE_CACHE = "~/.cache/jaxdistill/xla"
+COMPILE_CACHE_OFF = ("off", "0", "none", "")
+
+
+def enable_compile_cache(setting: Optional[str] = None) -> Optional[str]:
+  """Turns on JAX's persistent compilation cache so a program compiled by one run is loaded by the next (the
+  same distillation or evaluation started again, a resumed run, a sweep over seeds) instead of compiled again.
+
+  ``setting``: a folder, or ``"off"``; None reads ``$JAXDISTILL_COMPILE_CACHE`` and falls back to
+  :data:`DEFAULT_COMPILE_CACHE`. A cache folder chosen already through JAX's own configuration
+  (``JAX_COMPILATION_CACHE_DIR``) is kept. JAX stores only programs that took at least
+  ``jax_persistent_cache_min_compile_time_secs`` (1 s) to compile. Returns the folder in use, or None.
+  Measured on this CPU (benchmarks/bench_speed.py, row ``startup``): see benchmarks/README.md."""
+  if jax.config.jax_compilation_cache_dir:
+    return jax.config.jax_compilation_cache_dir
+  if setting is None:
+    setting = os.environ.get(COMPILE_CACHE_ENV, DEFAULT_COMPILE_CACHE)
+  if setting.strip().lower() in COMPILE_CACHE_OFF:
+    return None
+  folder = os.path.abspath(os.path.expanduser(setting))
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError as e:
+    print(f"compilation cache disabled: cannot create {folder!r} ({e})", file=sys.stderr)
+    return None
+  jax.config.update("jax_compilation_cache_dir", folder)
+  return folder
+
+
 def setup_devices(args):
-  """Runs ``jax.distributed.initialize`` under ``--distributed`` and returns the ``--devices`` mesh (None
-  for the single-device path); also stored as ``args.mesh`` for :func:`evaluate_set`."""
+  """Turns on the persistent compilation cache (``--compile-cache``, :func:`enable_compile_cache`), runs
+  ``jax.distributed.initialize`` under ``--distributed`` and returns the ``--devices`` mesh (None for the
+  single-device path); also stored as ``args.mesh`` for :func:`evaluate_set`."""
   from jaxdistill import sharding
+  args.compile_cache_dir = enable_compile_cache(getattr(args, "compile_cache", None))
   if getattr(args, "distributed", False):
     enable_cpu_collectives()
     sharding.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)

@@ -10,6 +10,9 @@ import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAXDISTILL_PROGRESS", "0")
+# CLIs run by the tests compile afresh (no persistent compilation cache shared with the user's runs);
+# tests/test_compile_cache.py turns it on where it is the subject.
+os.environ.setdefault("JAXDISTILL_COMPILE_CACHE", "off")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -84,6 +84,27 @@ def test_grouping_into_shards_does_not_change_trajectories(buffer, small, tmp_pa
                              atol=1e-6)
 
 
+def test_experts_one_at_a_time_equal_the_batched_program_and_resume_across(small, tmp_path):
+  """``vmap_experts`` is speed only: a ConvNet with DSA trained one expert at a time gives the batched program's
+  trajectories (and the first shard of one resumes into the other, the choice not being part of the identity)."""
+  cfg = dict(arch="convnet", width=8, num_experts=2, experts_per_shard=2, epochs=1, batch_size=50, dsa=True,
+             lr=0.05)
+  batched, single = str(tmp_path / "batched"), str(tmp_path / "single")
+  experts.train_experts(_cfg(**cfg, vmap_experts=True), *small, NC, batched, dataset="fashion_mnist",
+                        progress=False)
+  experts.train_experts(_cfg(**cfg, vmap_experts=False), *small, NC, single, dataset="fashion_mnist",
+                        progress=False)
+  a, b = experts.load_buffer(batched).params, experts.load_buffer(single).params
+  assert np.abs(a[:, 1] - a[:, 0]).max() > 1e-3  # the experts moved
+  np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+  os.remove(os.path.join(single, "shard_00000.npz"))
+  meta = experts.train_experts(_cfg(**cfg, vmap_experts=True), *small, NC, single, dataset="fashion_mnist",
+                               progress=False, resume=True)
+  assert meta["complete"]
+  with pytest.raises(ValueError, match="vmap_experts"):
+    _cfg(vmap_experts=1).validate()
+
+
 def test_selective_loading_and_shard_iteration(buffer):
   out, meta, _ = buffer
   full = experts.load_buffer(out)
