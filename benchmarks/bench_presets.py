@@ -103,7 +103,8 @@ def build_buffer(out: str, quick: bool):
       protocol=(f"experiments.buffers --preset cpu: {meta['num_experts']} experts ConvNet-{width} x "
                 f"{meta['epochs']} epochs on {meta['num_train']} training images ({meta['split']}), SGD "
                 f"{meta['lr']} no momentum, batch {meta['batch_size']}, DSA {meta['dsa']}, "
-                f"{meta['experts_per_shard']} experts vmapped per shard"),
+                f"{meta['experts_per_shard']} experts per shard"
+                + {True: " (vmapped)", False: " (one after another)"}.get(meta.get("vmap_experts"), "")),
       expert_test_accuracy_per_epoch=[round(100 * a, 2) for a in meta["test_accuracy_mean"]],
       expert_test_accuracy_std_per_epoch=[round(100 * a, 2) for a in meta["test_accuracy_std"]],
       expert_seconds=meta["seconds"], seconds_per_expert_epoch=meta["seconds"] / expert_epochs,

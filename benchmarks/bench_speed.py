@@ -27,7 +27,11 @@ machine's fp32 peak (≈ 157 GFLOP/s on these 2 cores) that the row reaches:
   folder, the first run on a machine) and ``warm`` (the second run; the row's seconds). No reference figure:
   the bar is 30 s (issue), held by both.
 
-Run it alone on an idle machine (``python -m benchmarks.run --only speed``): the rows record the load average.
+* ``eval20`` (accelerators only): the evaluation of 20 such networks in one program (the vmapped strategy),
+  with the fraction of the GPU's fp32 and TF32 tensor-core peaks (model-FLOP utilisation).
+
+On a GPU (``benchmarks/gpu.sh``) the fractions use the device's datasheet peaks (:data:`GPU_PEAKS_GFLOPS`) and
+the reference ratios compare a GPU with the reference's 2-core CPU (informative only). Run it alone on an idle machine (``python -m benchmarks.run --only speed``): the rows record the load average.
 """
 from __future__ import annotations
 
@@ -36,6 +40,25 @@ import time
 from benchmarks import common
 
 PEAK_GFLOPS = 157.0  # fp32 peak of the 2-core benchmark machine (issue "speed where users wait")
+# Dense fp32 (non-tensor-core) and TF32 tensor-core peaks of the GPUs the device tool lends (NVIDIA H100 SXM /
+# H200 datasheets: 67 TFLOP/s FP32, 494.7 TFLOP/s TF32 without sparsity); XLA uses TF32 for float32 matmuls and
+# convolutions at JAX's default precision, so the row prints the fraction of both.
+GPU_PEAKS_GFLOPS = {"H100": (67_000.0, 494_700.0), "H200": (67_000.0, 494_700.0)}
+EVAL_MODELS_ACCELERATOR = 20
+
+
+def peak_gflops():
+  """``(fp32 peak, tensor-core peak or None)`` in GFLOP/s of the default device: the CPU figure above, a known GPU's
+  datasheet figures, or ``(None, None)`` for an unknown accelerator."""
+  import jax
+  device = jax.devices()[0]
+  if device.platform == "cpu":
+    return PEAK_GFLOPS, None
+  kind = getattr(device, "device_kind", "")
+  for name, peaks in GPU_PEAKS_GFLOPS.items():
+    if name in kind:
+      return peaks
+  return None, None
 REFERENCE = {"eval": 89.0, "dm256": 3.85, "dm64": 0.88, "dc1": 2.4, "dc10": 217.0, "mtt10": 28.0,
              "expert_epoch": 288.0}
 BAR = {"eval": 0.8, "dm256": 0.6, "dm64": 0.8, "dc1": 0.8, "dc10": 0.8, "mtt10": 0.8, "expert_epoch": 0.8}
@@ -51,7 +74,7 @@ def _flops(fn, *args) -> float:
   return float(analysis.get("flops", float("nan")))
 
 
-def eval_row(quick: bool):
+def eval_row(quick: bool, num_models: int = 1):
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -68,7 +91,7 @@ def eval_row(quick: bool):
   images, labels = x[pos], y[pos]
   dsa = default_params()
   start = time.perf_counter()
-  result = evaluate.evaluate(images, labels, "convnet", jax.random.PRNGKey(1), num_models=1, epochs=epochs,
+  result = evaluate.evaluate(images, labels, "convnet", jax.random.PRNGKey(1), num_models=num_models, epochs=epochs,
                              test_images=tx, test_labels=ty, num_classes=spec.num_classes, dsa=dsa,
                              model_kwargs={"width": width}, progress=False)
   seconds = time.perf_counter() - start
@@ -80,9 +103,10 @@ def eval_row(quick: bool):
   test_flops = _flops(lambda v, a, b: training.accuracy(model, v, a, b), state.variables, jnp.asarray(tx),
                       jnp.asarray(ty))
   runs, _ = training.reference_schedule(epochs)
-  flops = runs * step_flops + test_flops  # 100 images: one step per epoch
+  flops = (runs * step_flops + test_flops) * num_models  # 100 images: one step per epoch
+  what = "one ConvNet" if num_models == 1 else f"{num_models} ConvNets (one program on accelerators)"
   return seconds, flops, {"test_accuracy_mean": result.mean,
-                          "protocol": f"one ConvNet-{width}, IPC-10 random subset, {epochs} epochs (+1) with DSA, "
+                          "protocol": f"{what}-{width}, IPC-10 random subset, {epochs} epochs (+1) with DSA, "
                                       f"reference schedule, test on {len(ty)} images; wall time incl. compile"}
 
 
@@ -223,11 +247,25 @@ def startup_row(quick: bool):
 
 
 def run(quick: bool = False, select=None):
-  for name in ROWS + ("startup",):
+  import jax
+  on_cpu = jax.default_backend() == "cpu"
+  peak, tensor_peak = peak_gflops()
+  for name in ROWS + ("startup", "eval20"):
     if select is not None and not select(name, None):
       continue
+    if name == "eval20" and on_cpu:
+      continue  # 20 networks one after another on 2 cores: 40 min of the same work the eval row times
     if name == "eval":
       seconds, flops, extra = eval_row(quick)
+    elif name == "eval20":
+      seconds, flops, extra = eval_row(quick, num_models=EVAL_MODELS_ACCELERATOR)
+      yield common.row("speed", name, None, seconds_per_iteration=seconds, reference_seconds=None,
+                       ratio_to_reference=None, gflop=round(flops / 1e9, 1),
+                       fraction_of_peak=None if peak is None else round(flops / 1e9 / seconds / peak, 3),
+                       fraction_of_tensor_peak=(None if tensor_peak is None
+                                                else round(flops / 1e9 / seconds / tensor_peak, 4)),
+                       quick=quick, **extra)
+      continue
     elif name in ("dm256", "dm64"):
       seconds, flops, extra = loop_row("dm", 16 if quick else int(name[2:]), 10, quick)
     elif name in ("dc1", "dc10"):
@@ -244,9 +282,13 @@ def run(quick: bool = False, select=None):
     else:
       seconds, flops, extra = expert_epoch_row(quick)
     ratio = seconds / REFERENCE[name]
+    if not on_cpu:
+      extra = dict(extra, fraction_of_tensor_peak=(None if tensor_peak is None
+                                                   else round(flops / 1e9 / seconds / tensor_peak, 4)))
     yield common.row("speed", name, None, seconds_per_iteration=seconds,
                      reference_seconds=None if quick else REFERENCE[name],
                      ratio_to_reference=None if quick else round(ratio, 3),
                      bar_ratio=BAR[name], meets_bar=None if quick else bool(ratio <= BAR[name]),
-                     gflop=round(flops / 1e9, 1), fraction_of_peak=round(flops / 1e9 / seconds / PEAK_GFLOPS, 3),
+                     gflop=round(flops / 1e9, 1),
+                     fraction_of_peak=None if peak is None else round(flops / 1e9 / seconds / peak, 3),
                      quick=quick, **extra)
