@@ -104,9 +104,10 @@ def eval_row(quick: bool, num_models: int = 1):
                       jnp.asarray(ty))
   runs, _ = training.reference_schedule(epochs)
   flops = (runs * step_flops + test_flops) * num_models  # 100 images: one step per epoch
-  what = "one ConvNet" if num_models == 1 else f"{num_models} ConvNets (one program on accelerators)"
+  what = (f"one ConvNet-{width}" if num_models == 1
+          else f"{num_models} ConvNet-{width}s (one program on accelerators)")
   return seconds, flops, {"test_accuracy_mean": result.mean,
-                          "protocol": f"{what}-{width}, IPC-10 random subset, {epochs} epochs (+1) with DSA, "
+                          "protocol": f"{what}, IPC-10 random subset, {epochs} epochs (+1) with DSA, "
                                       f"reference schedule, test on {len(ty)} images; wall time incl. compile"}
 
 
