@@ -18,6 +18,7 @@ import dataclasses
 import os
 import sys
 import time
+import types
 
 from experiments import cli, common, names
 
@@ -29,56 +30,51 @@ io = cli.lazy("jaxdistill.io")
 loop = cli.lazy("jaxdistill.loop")
 data_lib = cli.lazy("jaxdistill.data")
 objectives = cli.lazy("jaxdistill.objectives")
-synthetic = cli.lazy("jaxdistill.synthetic")
 augment = cli.lazy("jaxdistill.augment")
+methods = cli.lazy("jaxdistill.methods")  # the method registry: set-ups, families, flags
 
-# Per-method hooks, so every method runs through this one CLI:
-#   ARG_HOOKS: functions ``add(parser)`` adding a method family's flags (e.g. ``--buffer`` for MTT);
-#   BUILDERS[method]: ``build(args, data, obj_cfg, init, key) -> (Objective, Parameterisation, SynState)``
-#     for methods that need more than "pixels initialised by ``init`` + the registered objective"
-#     (expert buffers, learnable labels / lr, generator parameterisations). Methods without an entry use
-#     :func:`build_pixels`.
-ARG_HOOKS = []
-BUILDERS = {}
-#   HOOK_FIELDS: flag destinations added by hooks that override the objective-config field of the same name
-#     (e.g. ``--syn-steps`` -> ``syn_steps``); an objective config with a ``param_lrs()`` method supplies
-#     :attr:`jaxdistill.loop.LoopConfig.param_lrs` (MTT's lr of the learnable student lr).
-HOOK_FIELDS = set()
-#   LOOP_HOOKS[method]: ``hook(args, loop_kw) -> dict`` of LoopConfig fields a parameterisation method derives
-#     from its flags (e.g. Adam for a generator, per-parameter learning rates), applied before --config/flags;
-#   OUTPUT_HOOKS[method]: ``out(args, param, syn_state) -> (extra arrays, extra metadata)`` stored in
-#     ``synthetic.npz`` beside the rendered images (a parameterisation's own state and config).
-LOOP_HOOKS = {}
-OUTPUT_HOOKS = {}
-#   LOOP_DEFAULTS[method]: LoopConfig fields a method family sets by default (e.g. ``{"optimizer": "adam"}`` for
-#     the kernel methods), applied before ``--config`` and flags.
-LOOP_DEFAULTS = {}
+# How the flag types of jaxdistill.methods.Flag are read (the flags themselves: names.METHOD_FLAGS, a JAX-free
+# copy of jaxdistill.methods.flag_table()).
+FLAG_ACTIONS = {"bool": argparse.BooleanOptionalAction, "switch": "store_true"}
 
 
-def build_pixels(args, data, obj_cfg, init, key):
-  """The default builder: the registered objective on a pixel set initialised with ``init``."""
-  spec = data.spec
-  objective = objectives.make_objective(objective_name(args), obj_cfg, num_classes=spec.num_classes,
-                                        image_shape=spec.image_shape, ipc=args.ipc)
-  syn = synthetic.init_pixels(key, init, data.train_x, data.train_y, spec.num_classes, args.ipc)
-  return objective, synthetic.PIXELS, syn
+def _ints(text: str):
+  """argparse type: comma-separated integers, e.g. ``64,32,16``."""
+  return tuple(int(t) for t in text.split(",") if t.strip())
+
+
+FLAG_CONVERTERS = {"str": None, "int": int, "float": float, "positive_int": common.positive_int, "ints": _ints}
+
+
+def add_method_flags(parser: argparse.ArgumentParser, table=None) -> argparse.ArgumentParser:
+  """Adds every method family's flags (:func:`jaxdistill.methods.flag_table`; by default its copy
+  ``names.METHOD_FLAGS``), one argument group per titled family."""
+  for title, rows in names.METHOD_FLAGS if table is None else table:
+    group = parser.add_argument_group(title) if title else parser
+    for option, dest, kind, default, choices, text in rows:
+      kwargs = dict(dest=dest, default=default, help=text)
+      if kind == "true":
+        kwargs.update(action="store_const", const=True)
+      elif kind in FLAG_ACTIONS:
+        kwargs["action"] = FLAG_ACTIONS[kind]
+      elif FLAG_CONVERTERS[kind] is not None:
+        kwargs["type"] = FLAG_CONVERTERS[kind]
+      if choices is not None:
+        kwargs["choices"] = choices
+      group.add_argument(option, **kwargs)
+  return parser
 
 
 def objective_name(args) -> str:
-  """The registered objective a run optimises: ``--method`` itself, or for parameterisation methods (which
-  have a builder but no objective of their own) the ``--objective`` flag their hook adds."""
-  if args.method in objectives.REGISTRY:
-    return args.method
-  name = getattr(args, "objective", None)
-  if name is None:
-    raise ValueError(f"--method {args.method} needs --objective (one of {sorted(objectives.REGISTRY)}).")
-  return name
+  """The registered objective a run optimises (:func:`jaxdistill.methods.objective_name`): ``--method`` itself,
+  or for parameterisation methods the ``--objective`` flag."""
+  return methods.objective_name(args)
 
 
 def method_choices():
-  """The ``--method`` values: every registered objective and every method with a builder (without importing
-  the library: :mod:`experiments.names`)."""
-  return tuple(sorted(set(names.OBJECTIVES) | set(BUILDERS)))
+  """The ``--method`` values: every method of :mod:`jaxdistill.methods` (without importing the library: its copy
+  :data:`experiments.names.DISTILL_METHODS`)."""
+  return names.DISTILL_METHODS
 
 
 class ListPresets(argparse.Action):
@@ -132,8 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "real images)")
   parser.add_argument("--width", type=common.positive_int, default=None,
                       help="width of the matching / embedding ConvNet (default 128)")
-  for add in ARG_HOOKS:
-    add(parser)
+  add_method_flags(parser)
   return common.add_common_args(parser)
 
 
@@ -147,7 +142,7 @@ def apply_preset(args) -> dict:
   name = getattr(args, "preset", None)
   if not name:
     return {}
-  objective = objective_name(args) if args.method in presets.PARAMETERISATION_OPTIONS else None
+  objective = objective_name(args) if methods.takes_objective(args.method) else None
   preset = presets.resolve(args.method, name, args.dataset, args.ipc, objective=objective)
   args.preset_sources = dict(preset.sources)
   flags = set(presets.EVAL_KEYS) | set(presets.PARAMETERISATION_OPTIONS.get(args.method, ()))
@@ -185,7 +180,7 @@ def build_configs(args, spec):
     obj_over["dsa_strategy"] = augment.DIGIT_STRATEGY
   if args.width is not None:
     obj_over["width"] = args.width
-  for name in sorted(HOOK_FIELDS & obj_fields):
+  for name in sorted(methods.objective_fields() & obj_fields):  # e.g. --syn-steps -> syn_steps
     if getattr(args, name, None) is not None:
       obj_over[name] = getattr(args, name)
   obj_cfg = objectives.default_config(method, **obj_over)
@@ -193,9 +188,7 @@ def build_configs(args, spec):
                  lr_img=defaults.lr_img)
   if hasattr(obj_cfg, "param_lrs"):
     loop_kw["param_lrs"] = obj_cfg.param_lrs()
-  loop_kw.update(LOOP_DEFAULTS.get(method, {}))
-  if args.method in LOOP_HOOKS:
-    loop_kw.update(LOOP_HOOKS[args.method](args, dict(loop_kw)))
+  loop_kw = methods.loop_settings(args, loop_kw)  # the objective's loop defaults, then the method's loop hook
   loop_kw.update({k: v for k, v in overrides.items() if k in loop_fields})
   for flag, field in (("iterations", "iterations"), ("real_per_class", "real_per_class"),
                       ("lr_img", "lr_img"), ("eval_every", "eval_every"), ("checkpoint_every", "checkpoint_every")):
@@ -244,8 +237,11 @@ def main(argv=None) -> dict:
   loop_cfg = in_image_updates(loop_cfg, per_iteration)
   key = jax.random.PRNGKey(args.seed)
   k_init, k_loop, k_eval = jax.random.split(key, 3)
-  objective, param, syn = BUILDERS.get(args.method, build_pixels)(args, data, obj_cfg, init, k_init)
-  x64 = getattr(args, "x64_for_solve", False)  # KIP / RFAD's float64 solve: only the distillation runs in x64
+  built = methods.setup(args, data, obj_cfg, init, k_init)
+  objective, param, syn = built.objective, built.param, built.syn
+  x64 = built.x64 and not jax.config.jax_enable_x64  # KIP / RFAD's float64 solve: only the distillation in x64
+  if x64:
+    jax.config.update("jax_enable_x64", True)
 
   def evaluator(batch, k):
     """The evaluation during the run, in float32 (x64 is switched off around it, then back on)."""
@@ -281,7 +277,8 @@ def main(argv=None) -> dict:
     print(f"{args.method} ipc={args.ipc}: stopped at the time budget after {done} of {loop_cfg.iterations} image "
           f"updates; checkpoint {ckpt}. Continue with the same command and --resume.")
     return status
-  batch = param.render(result.state.syn)
+  final_syn = result.state.syn if result.ema is None else result.ema  # FTD: the EMA set (LoopConfig.ema_decay)
+  batch = param.render(final_syn)
   distill_seconds = time.perf_counter() - start
   final = common.evaluate_set(args, data, np.asarray(batch.images), np.asarray(batch.labels), k_eval,
                               lr=batch.lr)
@@ -290,7 +287,7 @@ def main(argv=None) -> dict:
                 "matching loss", title=f"{args.method} ipc={args.ipc}")
   metadata = {"method": args.method, "dataset": args.dataset, "ipc": args.ipc, "seed": args.seed,
               "kind": "distilled", "init": init, "parameterisation": param.name,
-              "storage_floats": int(param.storage(result.state.syn)), "objective_config": dataclasses.asdict(obj_cfg),
+              "storage_floats": int(param.storage(final_syn)), "objective_config": dataclasses.asdict(obj_cfg),
               "loop_config": dataclasses.asdict(loop_cfg), "resumed_from": result.start_iteration // per_iteration,
               "resumed_from_image_update": result.start_iteration,
               "preset": getattr(args, "preset", None), "preset_sources": getattr(args, "preset_sources", {})}
@@ -303,10 +300,8 @@ def main(argv=None) -> dict:
              "distill_seconds": distill_seconds, "seconds": time.perf_counter() - start,
              "startup_seconds": common.startup_seconds(result.first_step_time),
              "device": common.device_summary()}
-  extra = None
-  if args.method in OUTPUT_HOOKS:
-    extra, more = OUTPUT_HOOKS[args.method](args, param, result.state.syn)
-    metadata.update(more)
+  extra, more = methods.outputs(args, built, final_syn)  # a parameterisation's state, KIP's KRR accuracy
+  metadata.update(more)
   saved_lr = batch.lr
   if saved_lr is not None and hasattr(obj_cfg, "lr_param"):  # DD: store the rates alpha_t, not their raw values
     from jaxdistill.objectives import bptt
@@ -319,155 +314,17 @@ def main(argv=None) -> dict:
   return payload
 
 
-def _add_trajectory_args(parser):
-  """Flags of the trajectory-matching methods (mtt, tesla, mtt_l1)."""
-  g = parser.add_argument_group("trajectory matching (mtt, tesla, mtt_l1)")
-  g.add_argument("--buffer", default=None, help="expert buffer folder (python -m experiments.buffers)")
-  g.add_argument("--syn-steps", type=common.positive_int, default=None, help="N, student steps (MTT 20-80)")
-  g.add_argument("--expert-epochs", type=common.positive_int, default=None, help="M, expert epochs (2-3)")
-  g.add_argument("--max-start-epoch", type=common.positive_int, default=None, help="T+, start epochs 0..T+-1")
-  g.add_argument("--num-experts", type=common.positive_int, default=None, help="use the first N experts")
-  g.add_argument("--batch-syn", type=common.positive_int, default=None, help="synthetic mini-batch per step")
-  g.add_argument("--lr-init", type=float, default=None, help="initial learnable student lr (0.01)")
-  g.add_argument("--lr-lr", type=float, default=None, help="learning rate of the student lr (1e-5)")
-  g.add_argument("--checkpoint-unroll", dest="checkpoint", action="store_const", const=True, default=None,
-                 help="re-materialise the student unroll (less memory, more compute)")
-
-
-ARG_HOOKS.append(_add_trajectory_args)
-HOOK_FIELDS.update({"buffer", "syn_steps", "expert_epochs", "max_start_epoch", "num_experts", "batch_syn",
-                    "lr_init", "lr_lr", "checkpoint"})
-
-
-def build_trajectory(args, data, obj_cfg, init, key):
-  """MTT / TESLA: the objective on the ``--buffer`` trajectories (metadata checked against the dataset,
-  network and ZCA setting; a mismatch is refused) and a pixel set with a learnable student lr ``α₀``
-  (stored with the set and used by evaluation); TESLA's ``soft_labels`` come from an expert."""
-  from jaxdistill.objectives import trajectory_matching as tm
-
-  spec = data.spec
-  if not obj_cfg.buffer:
-    raise ValueError(f"--method {args.method} needs --buffer DIR (an expert buffer from "
-                     "`python -m experiments.buffers`).")
-  if obj_cfg.zca:
-    raise ValueError("zca=True: this CLI loads un-whitened data; distil ZCA buffers from Python with "
-                     "ZCA-whitened images (jaxdistill.experts.prepare_images).")
-  obj_cfg = dataclasses.replace(obj_cfg, dataset=args.dataset)
-  objective = tm.make_trajectory_matching(obj_cfg, num_classes=spec.num_classes, image_shape=spec.image_shape,
-                                          ipc=args.ipc, name=args.method)
-  syn = synthetic.init_pixels(key, init, data.train_x, data.train_y, spec.num_classes, args.ipc,
-                              learn_lr=obj_cfg.lr_init)
-  if obj_cfg.soft_labels:
-    soft = tm.soft_labels_from_buffer(obj_cfg, syn.params["images"], spec.num_classes, spec.image_shape)
-    syn = syn._replace(const={**syn.const, "labels": soft})
-  return objective, synthetic.PIXELS, syn
-
-
-for _name in ("mtt", "tesla", "mtt_l1"):
-  BUILDERS[_name] = build_trajectory
-
-
-def _add_kernel_args(parser):
-  try:
-    parser.add_argument("--learn-labels", dest="learn_labels", action=argparse.BooleanOptionalAction,
-                        default=None, help="kip/rfad/frepo (and other learned-label methods): learn soft labels "
-                        "(default: the method's)")
-  except argparse.ArgumentError:  # another method family already added the flag
-    pass
-
-
-ARG_HOOKS.append(_add_kernel_args)
-HOOK_FIELDS.add("learn_labels")
-
-
-def build_kernel(args, data, obj_cfg, init, key):
-  """KIP / RFAD / FRePo: a pixel set with learnable soft labels when ``learn_labels`` (``label_scale ·
-  one_hot`` at init); KIP on RGB data with ``zca`` gets a ZCA transform fitted on (up to 10 000) training images,
-  applied inside its kernel."""
-  spec = data.spec
-  zca = None
-  if args.method == "kip" and obj_cfg.zca and spec.image_shape[-1] == 3:
-    from jaxdistill.data.zca import fit_zca
-    zca = fit_zca(data.train_x[:10000], obj_cfg.zca_reg, relative=True)
-  kwargs = {"zca": zca} if zca is not None else {}
-  factory = objectives.REGISTRY[args.method].factory
-  objective = factory(obj_cfg, num_classes=spec.num_classes, image_shape=spec.image_shape, ipc=args.ipc,
-                      name=args.method, **kwargs)
-  syn = synthetic.init_pixels(key, init, data.train_x, data.train_y, spec.num_classes, args.ipc,
-                              learn_labels=obj_cfg.learn_labels, label_scale=obj_cfg.label_scale)
-  if args.method == "frepo":  # FRePo's centred (and for K != 10 scaled) initial labels
-    syn = objectives.frepo.centre_labels(syn, spec.num_classes, obj_cfg.label_scale)
-  if args.method in ("kip", "rfad"):
-    syn = _kernel_labels_and_precision(args, data, obj_cfg, syn, zca)
-  return objective, synthetic.PIXELS, syn
-
-
-def _kernel_labels_and_precision(args, data, obj_cfg, syn, zca):
-  """KIP / RFAD: learned labels start centred (``label_scale · (one_hot − 1/C)``, KIP.ipynb / RFAD's code) when
-  ``centre_labels``; ``dtype="float64"`` turns on ``jax_enable_x64`` for the distillation only (the images and
-  data stay float32; :func:`main` turns it off before evaluation); KIP's KRR test accuracy is written to
-  ``metrics.json`` (``krr_test_accuracy``) by an output hook."""
-  if obj_cfg.centre_labels and "labels" in syn.params:
-    labels = syn.params["labels"] - obj_cfg.label_scale / data.spec.num_classes
-    syn = syn._replace(params={**syn.params, "labels": labels})
-  if obj_cfg.dtype == "float64" and not jax.config.jax_enable_x64:
-    jax.config.update("jax_enable_x64", True)
-    args.x64_for_solve = True
-  args.kernel_eval = (data, obj_cfg, zca)
-  return syn
-
-
-def _kip_output(args, param, syn_state):
-  """KIP's own evaluation beside the finite networks: KRR test accuracy with its kernel (``metrics.json``)."""
-  data, obj_cfg, zca = args.kernel_eval
-  batch = param.render(syn_state)
-  n = int(obj_cfg.krr_test_size) or len(data.test_y)
-  acc = objectives.kip.krr_test_accuracy(obj_cfg, np.asarray(batch.images, np.float32), np.asarray(batch.labels),
-                                         data.test_x[:n], data.test_y[:n], data.spec.num_classes, zca=zca)
-  print(f"kip ipc={args.ipc}: KRR test accuracy {acc:.4f} ({n} test images)")
-  return None, {"krr_test_accuracy": float(acc), "krr_test_size": n}
-
-
-OUTPUT_HOOKS["kip"] = _kip_output
-
-
-for _name in ("kip", "rfad", "frepo"):
-  BUILDERS[_name] = build_kernel
-  LOOP_DEFAULTS[_name] = {"optimizer": "adam"}
-LOOP_DEFAULTS["frepo"] = {"optimizer": "lamb", "lr_schedule": "cosine", "lr_final_fraction": 0.1}  # FRePo: LAMB, cosine to 0.1 lr
-
-
-def build_bptt(args, data, obj_cfg, init, key):
-  """DD / LD (BPTT, :mod:`jaxdistill.objectives.bptt`): DD learns pixels (and the inner lr α, initialised to
-  ``inner_lr``, and soft labels with ``--learn-labels``); LD learns the soft labels of fixed real base images
-  (``labels_only``), with α learned only when ``learn_lr`` is set. Learned labels are projected as
-  ``label_projection`` says (LD: onto the simplex, as LD's code)."""
-  from jaxdistill.synthetic.labels import initial_labels
-
-  spec = data.spec
-  objective = objectives.make_objective(args.method, obj_cfg, num_classes=spec.num_classes,
-                                        image_shape=spec.image_shape, ipc=args.ipc)
-  lr = obj_cfg.initial_lr()  # DD: T raw rates, alpha_t = softplus(raw_t) (None when alpha is not learned)
-  if args.method == "ld":
-    syn = synthetic.init_labels(key, init, data.train_x, data.train_y, spec.num_classes, args.ipc,
-                                label_scale=obj_cfg.label_scale, label_start=obj_cfg.label_start, learn_lr=lr)
-    return objective, synthetic.labels_only(obj_cfg.label_projection), syn
-  syn = synthetic.init_pixels(key, init, data.train_x, data.train_y, spec.num_classes, args.ipc, learn_lr=lr)
-  if obj_cfg.learn_labels:
-    labels = initial_labels(syn.const["labels"], spec.num_classes, obj_cfg.label_start, obj_cfg.label_scale)
-    syn = syn._replace(params={**syn.params, "labels": labels})
-    return objective, synthetic.PIXELS._replace(project=synthetic.label_projection(obj_cfg.label_projection)), syn
-  return objective, synthetic.PIXELS, syn
-
-
-for _name in ("dd", "ld"):
-  BUILDERS[_name] = build_bptt
-  LOOP_DEFAULTS[_name] = {"optimizer": "adam"}  # DD and LD optimise with Adam
-
-
-from experiments import generative as _generative  # noqa: E402  (glad, gendm, latentdd, haba)
-
-_generative.install(sys.modules[__name__])
+def __getattr__(name):
+  """Read-only views of :mod:`jaxdistill.methods` under the names of the registries this module once kept, for
+  callers written against them: ``BUILDERS`` (the methods with a set-up of their own -> set-up) and
+  ``LOOP_DEFAULTS`` (methods -> their loop defaults). New code: ``jaxdistill.methods.get(name)``."""
+  if name == "BUILDERS":
+    found = {n: methods.get(n).setup for n in methods.names()}
+    return types.MappingProxyType({n: f for n, f in found.items() if f is not None})
+  if name == "LOOP_DEFAULTS":
+    found = {n: dict(methods.get(n).loop_defaults) for n in methods.names()}
+    return types.MappingProxyType({n: d for n, d in found.items() if d})
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":
