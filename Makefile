@@ -12,7 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN_DIR ?= runs/main-$(shell date +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
 
-.PHONY: install data run full lint test test-latest bench lock clean
+.PHONY: install data run full lint test test-latest bench notebooks lock clean
 
 install: $(VENV)/.installed
 
@@ -66,6 +66,12 @@ test-latest: $(VENV_LATEST)/.installed data
 
 bench: install data
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
+
+# Run every notebook in notebooks/ top to bottom (one kernel each) at its default CPU-sized settings and store it
+# with its outputs (experiments/notebooks.py; a notebook whose run raises is not written); prints each one's seconds.
+NOTEBOOK_ARGS ?=
+notebooks: install data
+	$(PY) -m experiments.notebooks $(NOTEBOOK_ARGS)
 
 lock:
 	$(PY) -m pip freeze --exclude-editable | grep -v -i '^jaxdistill' > requirements/lock.txt.new

@@ -46,13 +46,9 @@ def parse_archs(text: str):
 
 def save_heatmap(path: str, results, title: str) -> str:
   """A one-row heat map of mean accuracy (%) per architecture, annotated with mean ± std."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
   names = list(results)
   means = np.array([[100 * results[a].mean for a in names]])
-  fig, ax = plt.subplots(figsize=(1.4 * len(names) + 1.5, 2.2))
+  fig, ax = io.new_figure((1.4 * len(names) + 1.5, 2.2))
   im = ax.imshow(means, cmap="viridis", aspect="auto", vmin=0, vmax=100)
   ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
   ax.set_yticks([0], ["accuracy"])

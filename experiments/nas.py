@@ -65,11 +65,7 @@ def _split(text, kind, name, accepted=None):
 
 def save_scatter(path, archs, proxy_scores, full_scores, title=""):
   """Proxy vs full-data accuracy (%) of every architecture, one marker per proxy."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(5.5, 4.5))
+  fig, ax = io.new_figure((5.5, 4.5))
   for name, s in proxy_scores.items():
     rho = nas.spearman(s.accuracies, full_scores.accuracies)
     ax.scatter(100 * s.accuracies, 100 * full_scores.accuracies, s=18, label=f"{name} (ρ={rho:.2f})")

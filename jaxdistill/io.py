@@ -447,11 +447,7 @@ def save_image_grid(path: str, images01, rows: int, scale: int = 2) -> str:
 def save_curve(path: str, series: Mapping[str, Tuple[Sequence[float], Sequence[float]]], xlabel: str,
                ylabel: str, title: str = "", logy: bool = False) -> str:
   """Plots named ``(x, y)`` series as lines into a PNG. Returns ``path``."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig, ax = new_figure((6, 4))
   for name, (xs, ys) in series.items():
     ax.plot(np.asarray(xs), np.asarray(ys), label=name)
   ax.set_xlabel(xlabel)
@@ -466,10 +462,20 @@ def save_curve(path: str, series: Mapping[str, Tuple[Sequence[float], Sequence[f
   return save_figure(path, fig)
 
 
+def new_figure(figsize: Tuple[float, float]):
+  """``(figure, axes)``: a matplotlib figure outside pyplot, drawn by the Agg renderer, for files written by the
+  library and the CLIs. It leaves pyplot's backend and figure list alone (switching the global backend to Agg
+  would stop ``plt.show()`` from drawing in the caller's notebook)."""
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=figsize)
+  return fig, fig.add_subplot()
+
+
 def save_figure(path: str, fig, dpi: int = 100) -> str:
-  """Saves a matplotlib figure as PNG atomically and closes it. Returns ``path``."""
-  import matplotlib.pyplot as plt
+  """Saves a matplotlib figure as PNG atomically (and closes it if pyplot manages it). Returns ``path``."""
   try:
     return _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
   finally:
-    plt.close(fig)
+    if getattr(fig.canvas, "manager", None) is not None:  # a pyplot figure: release it
+      import matplotlib.pyplot as plt
+      plt.close(fig)

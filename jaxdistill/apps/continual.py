@@ -246,11 +246,7 @@ def summarize(results: Sequence[ContinualResult]) -> Dict:
 
 def save_plot(path: str, summaries: Dict[str, Dict], title: str = "") -> str:
   """Accuracy (%) over seen classes after each step, mean ± std over seeds, one line per method."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig, ax = io.new_figure((6, 4))
   for name, s in summaries.items():
     steps = np.arange(1, len(s["mean"]) + 1)
     ax.errorbar(steps, 100 * np.asarray(s["mean"]), yerr=100 * np.asarray(s["std"]), capsize=3, marker="o",
