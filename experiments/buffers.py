@@ -5,8 +5,12 @@
 
     python -m experiments.buffers --preset cpu --out buffers/fmnist_cpu   # the recipe of the cpu MTT preset
 
+    python -m experiments.buffers --flat --out buffers/fmnist_flat   # FTD's flat experts (GSAM, rho 0.01)
+
 Experts: ConvNet (``--arch``/``--width``/``--depth``), SGD ``--lr`` 0.01 without momentum or weight decay,
-batch 256, per-image DSA (``--no-dsa`` to turn off), optional ``--zca``; ``--preset paper|cpu`` fills the flags
+batch 256, per-image DSA (``--no-dsa`` to turn off), optional ``--zca``; ``--flat`` / ``--sam-rho RHO`` train
+FTD's flat experts (sharpness-aware steps, GSAM α 0.4 with ASAM scaling as FTD's ``buffer_FTD.py``; ρ 0.01 for
+``--flat``, docs/ftd_itgan.md); ``--preset paper|cpu`` fills the flags
 not given from ``jaxdistill/presets/buffers/experts.json`` (every value with its source, kept in buffer.json);
 every shard of ``--experts-per-shard`` experts is trained in one vmapped program on accelerators (split across
 the ``--devices`` mesh, ``--distributed`` as the other CLIs) and one expert after another on CPU, where that is
@@ -31,6 +35,20 @@ data_lib = cli.lazy("jaxdistill.data")
 # The recipe when neither a flag nor --preset sets an option (MTT's buffer.py defaults, as ExpertConfig).
 DEFAULTS = {"num_experts": 100, "experts_per_shard": 10, "epochs": 50, "lr": 0.01, "batch_size": 256,
             "width": 128, "depth": None, "dsa": True, "zca": False, "zca_reg": 0.1, "train_size": None}
+# --flat: FTD's rho (AngusDujw/FTD-distillation buffer/run_buffer.sh: --rho_max=0.01 --rho_min=0.01). Kept here,
+# not read from jaxdistill.experts, so --help answers without importing JAX.
+FLAT_SAM_RHO = 0.01
+
+
+def non_negative_float(text: str) -> float:
+  """argparse type: a float >= 0."""
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+  if not value >= 0:
+    raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+  return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--zca", dest="zca", action="store_const", const=True, default=None,
                  help="ZCA-whiten the data (MTT on RGB datasets), fitted on the [0, 1] images as MTT")
   p.add_argument("--zca-reg", type=float, default=None, help="default 0.1")
+  p.add_argument("--flat", action="store_true",
+                 help=f"FTD's flat experts: sharpness-aware (GSAM) steps with rho {FLAT_SAM_RHO} unless --sam-rho "
+                      "says otherwise (docs/ftd_itgan.md)")
+  p.add_argument("--sam-rho", type=non_negative_float, default=None,
+                 help="rho of sharpness-aware expert training (FTD: 0.01; 0 = plain SGD, the default without "
+                      "--flat); a buffer of another rho is another buffer")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", required=True, help="buffer folder (must be new or empty)")
   p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
@@ -94,6 +118,13 @@ def resolve_recipe(args) -> dict:
   return sources
 
 
+def sam_rho(args) -> float:
+  """``--sam-rho`` if given, else :data:`FLAT_SAM_RHO` with ``--flat``, else 0 (plain SGD)."""
+  if args.sam_rho is not None:
+    return float(args.sam_rho)
+  return FLAT_SAM_RHO if args.flat else 0.0
+
+
 def main(argv=None) -> dict:
   argv = list(sys.argv[1:] if argv is None else argv)
   args = build_parser().parse_args(argv)
@@ -104,7 +135,8 @@ def main(argv=None) -> dict:
       arch=args.arch, width=args.width, depth=args.depth, num_experts=args.num_experts,
       experts_per_shard=args.experts_per_shard, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
       dsa=args.dsa, dsa_strategy=augment.DIGIT_STRATEGY if spec.digits else augment.DEFAULT_STRATEGY,
-      zca=args.zca, zca_reg=args.zca_reg, seed=args.seed, vmap_experts=args.vmap_experts).validate()
+      zca=args.zca, zca_reg=args.zca_reg, seed=args.seed, sam_rho=sam_rho(args),
+      vmap_experts=args.vmap_experts).validate()
   if args.time_budget is not None and not args.time_budget > 0:
     raise ValueError(f"--time-budget must be > 0 seconds, got {args.time_budget}.")
   deadline = None if args.time_budget is None else time.monotonic() + args.time_budget

@@ -1,9 +1,12 @@
-"""Coreset baselines: class-balanced random, herding, k-center and forgetting selection.
+"""Coreset baselines: class-balanced random, herding, k-center, forgetting, entropy and k-means selection.
 
 The papers' baselines (DC, Zhao et al. 2021, Table 1) select real images per class using the features of a
 ConvNet trained on the real data: *herding* (Welling 2009; greedy choice whose running mean best matches the
 class mean), *k-center* (Sener & Savarese 2018; greedy farthest-point cover) and *forgetting* (Toneva et al.
 2019; the examples forgotten most often while training, i.e. going from correctly to wrongly classified).
+The initialisation studies add *entropy* (the images whose predicted class distribution under that network has the
+highest — or, with ``entropy="lowest"``, the lowest — Shannon entropy) and *k-means* (Lloyd's algorithm with
+k = ipc in the feature space, k-means++ seeding; the real image nearest each centroid), see docs/cafe_inits.md.
 
 ``select(method, key, images, labels, num_classes, ipc)`` returns positions ``[C, ipc]``; row ``c`` holds
 class ``c``. The per-class greedy kernels are jitted; the loop over classes is host-side (selection runs once).
@@ -23,7 +26,9 @@ from jaxdistill.models.layers import check_choice
 from jaxdistill.progress import progress_bar
 from jaxdistill.validation import check_ints, check_network
 
-METHODS = ("random", "herding", "kcenter", "forgetting")
+METHODS = ("random", "herding", "kcenter", "forgetting", "entropy", "kmeans")
+ENTROPY_ORDERS = ("highest", "lowest")
+KMEANS_ITERATIONS = 20
 
 
 @jax.jit
@@ -95,6 +100,89 @@ def _kcenter_impl(features, k, first):
 
 
 _kcenter = jax.jit(_kcenter_impl, static_argnums=1)
+
+
+def prediction_entropy(logits) -> jnp.ndarray:
+  """Shannon entropy (nats) of ``softmax(logits)`` per row of ``logits [n, C]``; ``[n]`` (``0 · log 0 = 0``, so
+  ``-inf`` logits are classes of probability 0)."""
+  logp = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), -1)
+  p = jnp.exp(logp)
+  return -jnp.sum(jnp.where(p > 0, p * logp, 0.0), -1)
+
+
+def entropy_select(logits, k: int, entropy: str = "highest", tie=None) -> np.ndarray:
+  """The ``k`` rows of ``logits [n, C]`` whose predicted distribution has the highest (``entropy="highest"``:
+  the most uncertain images) or lowest (``"lowest"``: the most confident) entropy; int32 ``[k]``, most extreme
+  first. Ties are broken by ``tie [n]`` (smaller first; default: by position).
+
+  Raises:
+    ValueError: ``k`` outside ``[1, n]`` or an unknown ``entropy``.
+  """
+  check_choice("entropy", entropy, ENTROPY_ORDERS)
+  h = np.asarray(prediction_entropy(logits), np.float64)
+  n = h.shape[0]
+  if not 1 <= k <= n:
+    raise ValueError(f"k must be in [1, {n}], got {k}.")
+  tie = np.arange(n) if tie is None else np.asarray(tie)
+  order = np.lexsort((tie, -h if entropy == "highest" else h))
+  return order[:k].astype(np.int32)
+
+
+def kmeans(features, k: int, key, iterations: int = KMEANS_ITERATIONS) -> jnp.ndarray:
+  """k-means selection: ``k`` distinct rows of ``features [n, D]``, int32 ``[k]``, one per centroid.
+
+  Centroids are seeded by k-means++ (Arthur & Vassilvitskii 2007: the first a uniformly random row, each next one
+  a row drawn with probability ∝ its squared distance to the nearest seed) from ``key``, then refined by
+  ``iterations`` Lloyd steps (assign every row to its nearest centroid, move each centroid to the mean of its rows;
+  a centroid with no rows stays). Centroid ``j`` then takes the nearest row not taken by centroids ``< j``, so the
+  ``k`` rows are distinct. Deterministic given ``key``; jitted (``k`` and ``iterations`` static).
+
+  Raises:
+    ValueError: ``k`` outside ``[1, n]`` or ``iterations < 0``.
+  """
+  features = jnp.asarray(features, jnp.float32)
+  n = features.shape[0]
+  if not 1 <= k <= n:
+    raise ValueError(f"k must be in [1, {n}], got {k}.")
+  check_ints({"iterations": iterations}, "iterations", minimum=0)
+  return _kmeans(features, key, k, int(iterations))
+
+
+def _kmeans_impl(features, key, k, iterations):
+  n = features.shape[0]
+  k_first, k_rest = jax.random.split(key)
+  first = jax.random.randint(k_first, (), 0, n)
+
+  def seed(t, carry):
+    centroids, mind = carry
+    p = mind / jnp.maximum(jnp.sum(mind), 1e-30)
+    p = jnp.where(jnp.sum(mind) > 0, p, jnp.full((n,), 1.0 / n))  # all rows already seeded: uniform
+    i = jax.random.choice(jax.random.fold_in(k_rest, t), n, p=p)
+    centroids = centroids.at[t].set(features[i])
+    return centroids, jnp.minimum(mind, _pairwise_sq(features, features[i][None])[:, 0])
+
+  centroids = jnp.zeros((k, features.shape[1]), jnp.float32).at[0].set(features[first])
+  mind = _pairwise_sq(features, features[first][None])[:, 0]
+  centroids, _ = jax.lax.fori_loop(1, k, seed, (centroids, mind))
+
+  def lloyd(_, centroids):
+    assign = jax.nn.one_hot(jnp.argmin(_pairwise_sq(features, centroids), 1), k, dtype=jnp.float32)  # [n, k]
+    counts = jnp.sum(assign, 0)
+    means = (assign.T @ features) / jnp.maximum(counts, 1.0)[:, None]
+    return jnp.where(counts[:, None] > 0, means, centroids)
+
+  centroids = jax.lax.fori_loop(0, iterations, lloyd, centroids)
+  dist = _pairwise_sq(centroids, features)  # [k, n]
+
+  def pick(j, carry):
+    taken, out = carry
+    i = jnp.argmin(jnp.where(taken, jnp.inf, dist[j]))
+    return taken.at[i].set(True), out.at[j].set(i)
+
+  return jax.lax.fori_loop(0, k, pick, (jnp.zeros((n,), bool), jnp.zeros((k,), jnp.int32)))[1]
+
+
+_kmeans = jax.jit(_kmeans_impl, static_argnums=(2, 3))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,23 +270,36 @@ def embed_features(net: FeatureNet, images, batch_size: int = 1000) -> np.ndarra
   return np.concatenate([np.asarray(fn(images[i:i + batch_size])) for i in range(0, len(images), batch_size)])
 
 
+def predict_logits(net: FeatureNet, images, batch_size: int = 1000) -> np.ndarray:
+  """Logits ``[N, num_classes]`` (eval mode) of ``images [N, H, W, C]`` under a trained :class:`FeatureNet`."""
+  fn = jax.jit(lambda x: models.apply(net.model, net.variables, x, train=False)[0])
+  images = np.asarray(images, np.float32)
+  return np.concatenate([np.asarray(fn(images[i:i + batch_size])) for i in range(0, len(images), batch_size)])
+
+
 def select(method: str, key, images, labels, num_classes: int, ipc: int, *,
            feature_fn: Optional[Callable] = None, config: FeatureNetConfig = FeatureNetConfig(),
-           progress: bool = True) -> np.ndarray:
+           progress: bool = True, logits_fn: Optional[Callable] = None, entropy: str = "highest",
+           kmeans_iterations: int = KMEANS_ITERATIONS) -> np.ndarray:
   """Selects ``ipc`` real examples per class; int positions ``[C, ipc]`` into ``images``.
 
   Args:
     method: one of :data:`METHODS`.
-    key: PRNG key (random choice, feature-net initialisation, tie-breaking).
+    key: PRNG key (random choice, feature-net initialisation, tie-breaking, k-means seeding).
     images: ``[N, H, W, C]`` real images (normalised); labels: int ``[N]``.
-    feature_fn: optional ``images [n, ...] -> features [n, D]`` for herding / k-center; by default the
+    feature_fn: optional ``images [n, ...] -> features [n, D]`` for herding / k-center / k-means; by default the
       embedding of a network trained on ``images`` with ``config``.
-    config: training of the feature network (herding, k-center, forgetting).
+    config: training of the feature network (herding, k-center, forgetting, entropy, k-means).
+    logits_fn: optional ``images [n, ...] -> logits [n, num_classes]`` for entropy; by default that network's.
+    entropy: ``"highest"`` (default: the most uncertain images of each class) or ``"lowest"``.
+    kmeans_iterations: Lloyd iterations of k-means (:func:`kmeans`).
 
   Raises:
-    ValueError: unknown method, or ``ipc`` larger than the smallest class.
+    ValueError: unknown method or ``entropy``, or ``ipc`` larger than the smallest class.
   """
   check_choice("method", method, METHODS)
+  check_choice("entropy", entropy, ENTROPY_ORDERS)
+  check_ints({"kmeans_iterations": kmeans_iterations}, "kmeans_iterations", minimum=0)
   labels = np.asarray(labels)
   index = class_index(labels, num_classes)
   check_ipc(index, ipc)
@@ -209,9 +310,17 @@ def select(method: str, key, images, labels, num_classes: int, ipc: int, *,
   if config.max_examples is not None and config.max_examples < len(labels):
     sub = np.sort(np.asarray(jax.random.permutation(k_net, len(labels))[:config.max_examples]))
   net = None
-  if method == "forgetting" or feature_fn is None:
+  if method == "forgetting" or (logits_fn is None if method == "entropy" else feature_fn is None):
     net = train_feature_net(k_net, np.asarray(images)[sub], labels[sub], num_classes, config, progress)
   rows = []
+  if method == "entropy":
+    fn = logits_fn if logits_fn is not None else (lambda x: predict_logits(net, x))
+    images = np.asarray(images)
+    tie = np.asarray(jax.random.uniform(k_tie, (len(labels),)))
+    for c in range(num_classes):
+      pos = np.flatnonzero(labels == c)
+      rows.append(pos[entropy_select(np.asarray(fn(images[pos]), np.float32), ipc, entropy, tie[pos])])
+    return np.stack(rows).astype(np.int32)
   if method == "forgetting":
     counts = np.zeros(len(labels), np.float64)
     counts[sub] = net.forgetting
@@ -231,6 +340,9 @@ def select(method: str, key, images, labels, num_classes: int, ipc: int, *,
   for c in range(num_classes):
     pos = np.flatnonzero(labels == c)
     feats = np.asarray(fn(images[pos]), np.float32)
-    chosen = herding(feats, ipc) if method == "herding" else kcenter(feats, ipc)
+    if method == "kmeans":
+      chosen = kmeans(feats, ipc, jax.random.fold_in(k_tie, c), kmeans_iterations)
+    else:
+      chosen = herding(feats, ipc) if method == "herding" else kcenter(feats, ipc)
     rows.append(pos[np.asarray(chosen)])
   return np.stack(rows).astype(np.int32)

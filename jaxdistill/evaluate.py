@@ -103,6 +103,9 @@ PROTOCOLS: Dict[str, EvalProtocol] = {
                         "MTT code distill.py: evaluate_synset with args.lr_net = learned syn_lr, 1000 epochs, DSA"),
     "tesla": EvalProtocol(1000, True, True, "cross_entropy",
                           "TESLA (MTT's evaluation); soft labels from an expert trained with soft cross-entropy"),
+    "ftd": EvalProtocol(1000, True, True, "cross_entropy",
+                        "FTD code distill/distill_FTD.py (MTT's evaluation): the EMA set with the learned syn_lr, "
+                        "1000 epochs, DSA"),
     "kip": EvalProtocol(1000, True, False, "mse",
                         "KIP: finite networks trained with MSE on the (centred / learned) support labels"),
     "rfad": EvalProtocol(1000, True, False, "cross_entropy",
@@ -116,6 +119,16 @@ PROTOCOLS: Dict[str, EvalProtocol] = {
                        "0.01 (DD's α is an inner-loop step size, not a 1000-epoch SGD rate)"),
     "ld": EvalProtocol(1000, True, False, "cross_entropy",
                        "LD: soft labels on the simplex, soft-label cross-entropy; the shared ConvNet protocol"),
+    "idc": EvalProtocol(1000, True, False, "cross_entropy",
+                        "IDC code (argument.py, train.py): 1000 epochs with DSA on the decoded (rendered) set for "
+                        "the small datasets; its CutMix (mix_p 0.5), batch 64 and step decay (x0.2 at 2/3, 5/6) are "
+                        "not reproduced: the shared SGD protocol"),
+    "dcc": EvalProtocol(300, False, False, "cross_entropy",
+                        "DCC main.py (default --method DC): epoch_eval_train 300 without augmentation (1000 with DSA "
+                        "for --method DSA)"),
+    "cafe": EvalProtocol(600, False, False, "cross_entropy",
+                         "CAFE distill.py (default --method DC): epoch_eval_train 600 without augmentation (1000 with "
+                         "DSA for --method DSA)"),
 }
 
 

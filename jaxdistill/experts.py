@@ -11,8 +11,10 @@ On-disk format (``FORMAT = "jaxdistill-expert-buffer"``, ``BUFFER_VERSION = 1``)
 
 * ``buffer.json`` — metadata: ``format``, ``version``, ``dataset``, ``split``, ``arch``, ``model_kwargs``,
   ``image_shape``, ``num_classes``, ``epochs``, ``lr``, ``batch_size``, ``momentum`` (0), ``weight_decay``
-  (0), ``dsa``, ``dsa_strategy``, ``zca``, ``zca_reg``, ``seed``, ``num_params`` ``P``, ``layout`` (the
-  ``[path, shape]`` of every parameter array in flattening order, :func:`param_layout`), ``num_experts``,
+  (0), ``sam_rho``, ``sam_alpha``, ``sam_adaptive`` (FTD's flat experts; ``sam_rho`` 0 = plain SGD, and a
+  ``buffer.json`` without the field reads as 0), ``dsa``, ``dsa_strategy``, ``zca``, ``zca_reg``, ``seed``,
+  ``num_params`` ``P``, ``layout`` (the ``[path, shape]`` of every parameter array in flattening order,
+  :func:`param_layout`), ``num_experts``,
   ``shards`` (``[{"file", "experts", "test_accuracy": [experts][epochs + 1]}]``) and ``test_accuracy_mean``
   per epoch; written last, so a folder without it is an unfinished buffer;
 * ``shard_00000.npz`` … — arrays ``epoch_0000`` … ``epoch_T``, each float32 ``[experts_in_shard, P]`` (the
@@ -39,7 +41,8 @@ from jax.flatten_util import ravel_pytree
 from jaxdistill import backend, io, models, sharding, training
 from jaxdistill.augment import DEFAULT_STRATEGY, DSAParams, choose_op
 from jaxdistill.progress import progress_bar
-from jaxdistill.validation import check_dsa_strategy, check_ints, check_network, check_positive
+from jaxdistill.validation import (check_bools, check_dsa_strategy, check_in_range, check_ints, check_network,
+                                   check_nonnegative, check_positive)
 
 FORMAT = "jaxdistill-expert-buffer"
 BUFFER_VERSION = 1
@@ -65,6 +68,11 @@ class ExpertConfig:
     zca, zca_reg: ZCA-whiten train and test images (MTT on RGB data, reg 0.1) before training; recorded so a
       distillation on un-whitened data refuses the buffer.
     seed: base seed (expert ``i``'s randomness derives from it and ``i`` only, so shards are reproducible).
+    sam_rho: ρ of sharpness-aware expert training (FTD's "flat" experts, Du et al., CVPR 2023; its
+      ``buffer/run_buffer.sh`` uses 0.01): every step follows :func:`jaxdistill.training.sam_gradient`. 0 (the
+      default) = plain SGD, the same trajectories as without the option. Part of the buffer's identity.
+    sam_alpha, sam_adaptive: GSAM's α and ASAM's element-wise scaling of that step (used only when
+      ``sam_rho > 0``); the defaults 0.4 and True are FTD's (``buffer/buffer_FTD.py`` argparse defaults).
     vmap_experts: step a shard's experts in one batched program (True) or one expert at a time (False); None =
       the backend's choice (:mod:`jaxdistill.backend`: one at a time on CPU, batched elsewhere; always batched
       with a device ``mesh``). Speed only: not part of a buffer's identity (a resume may change it).
@@ -82,6 +90,9 @@ class ExpertConfig:
   zca: bool = False
   zca_reg: float = 0.1
   seed: int = 0
+  sam_rho: float = 0.0
+  sam_alpha: float = 0.4
+  sam_adaptive: bool = True
   vmap_experts: Optional[bool] = None
 
   def validate(self):
@@ -92,6 +103,9 @@ class ExpertConfig:
                        f"{[a for a in models.ARCHITECTURES if not a.endswith('_bn')]}.")
     check_ints(self, ("num_experts", "experts_per_shard", "epochs", "batch_size"))
     check_positive(self, ("lr", "zca_reg"))
+    check_nonnegative(self, "sam_rho", note="0 = plain SGD")
+    check_in_range("sam_alpha", self.sam_alpha, 0, 1)
+    check_bools(self, "sam_adaptive")
     check_dsa_strategy(self.dsa_strategy)
     if not (self.vmap_experts is None or isinstance(self.vmap_experts, bool)):
       raise ValueError(f"vmap_experts must be None, True or False, got {self.vmap_experts!r}.")
@@ -103,6 +117,12 @@ class ExpertConfig:
     if self.depth is not None:
       kwargs["depth"] = int(self.depth)
     return kwargs
+
+  def sam(self) -> Optional[training.SAM]:
+    """The :class:`jaxdistill.training.SAM` of every expert step, or None for plain SGD (``sam_rho == 0``)."""
+    if not self.sam_rho:
+      return None
+    return training.SAM(float(self.sam_rho), float(self.sam_alpha), bool(self.sam_adaptive))
 
 
 def model_kwargs(arch: str, width: int, depth: Optional[int]) -> Dict[str, Any]:
@@ -153,7 +173,8 @@ def _pixel_stats(dataset: str, channels: int):
   return np.asarray(spec.mean, np.float64), np.asarray(spec.std, np.float64)
 
 
-def _make_epoch_fn(model, tx, n: int, batch_size: int, dsa: Optional[DSAParams], vmap_experts: bool = True):
+def _make_epoch_fn(model, tx, n: int, batch_size: int, dsa: Optional[DSAParams], vmap_experts: bool = True,
+                   sam: Optional[training.SAM] = None):
   """``epoch(states, data_keys, shared_key, epoch, images, labels) -> (states, mean losses [E])``: one epoch
   of every expert of a shard; the steps are a host loop of one jitted step (XLA:CPU runs convolutions inside a
   compiled ``lax.scan`` ~12x slower; same computation either way).
@@ -173,7 +194,7 @@ def _make_epoch_fn(model, tx, n: int, batch_size: int, dsa: Optional[DSAParams],
     ek = jax.random.fold_in(data_key, epoch)
     sk = jax.random.fold_in(shared_key, epoch)
     op = None if dsa is None else choose_op(jax.random.fold_in(sk, s), dsa)
-    return training.batch_step(model, tx, state, images, labels, batches, s, ek, dsa=dsa, op_index=op)
+    return training.batch_step(model, tx, state, images, labels, batches, s, ek, dsa=dsa, op_index=op, sam=sam)
 
   orders = jax.jit(jax.vmap(order_one, in_axes=(0, None)))
   if vmap_experts:
@@ -207,9 +228,14 @@ def _make_epoch_fn(model, tx, n: int, batch_size: int, dsa: Optional[DSAParams],
 
 def _identity_config(config: ExpertConfig) -> Dict[str, Any]:
   """The configuration fields that define a buffer's trajectories (recorded per shard, compared on resume):
-  every field except the speed-only ``vmap_experts``."""
+  every field except the speed-only ``vmap_experts``. The SAM fields count only when ``sam_rho > 0`` (a plain
+  buffer keeps the identity it had before they existed, so its shards still resume; a flat one differs from it
+  and from one of another ``sam_rho``, ``sam_alpha`` or ``sam_adaptive``)."""
   fields = dataclasses.asdict(config)
   fields.pop("vmap_experts")
+  if not config.sam_rho:
+    for k in ("sam_rho", "sam_alpha", "sam_adaptive"):
+      fields.pop(k)
   return io._jsonable(fields)
 
 
@@ -259,7 +285,7 @@ def train_experts(config: ExpertConfig, train_x, train_y, test_x, test_y, num_cl
   dsa = DSAParams(strategy=tuple(config.dsa_strategy)) if config.dsa else None
   n = train_x.shape[0]
   vmapped = True if mesh is not None else backend.choose(config.vmap_experts, cpu=False, accelerator=True)
-  epoch_fn = _make_epoch_fn(model, tx, n, config.batch_size, dsa, vmap_experts=vmapped)
+  epoch_fn = _make_epoch_fn(model, tx, n, config.batch_size, dsa, vmap_experts=vmapped, sam=config.sam())
   init_fn = jax.jit(jax.vmap(lambda k: training.init_state(model, k, image_shape, tx)))
   flat_fn = jax.jit(jax.vmap(lambda v: ravel_pytree(v["params"])[0]))
   acc_fn = jax.jit(jax.vmap(lambda v, x, y: training.accuracy(model, v, x, y), in_axes=(0, None, None)))
@@ -317,11 +343,14 @@ def train_experts(config: ExpertConfig, train_x, train_y, test_x, test_y, num_cl
   meta = {"format": FORMAT, "version": BUFFER_VERSION, "dataset": dataset, "split": split,
           "num_train": int(n), "arch": config.arch, "model_kwargs": kwargs, "image_shape": list(image_shape),
           "num_classes": int(num_classes), "epochs": int(config.epochs), "lr": float(config.lr),
-          "batch_size": int(config.batch_size), "momentum": 0.0, "weight_decay": 0.0, "dsa": bool(config.dsa),
+          "batch_size": int(config.batch_size), "momentum": 0.0, "weight_decay": 0.0,
+          "sam_rho": float(config.sam_rho), "sam_alpha": float(config.sam_alpha),
+          "sam_adaptive": bool(config.sam_adaptive), "dsa": bool(config.dsa),
           "dsa_strategy": list(config.dsa_strategy), "zca": bool(config.zca), "zca_reg": float(config.zca_reg),
           "zca_fitted_on": (None if not config.zca else "[0, 1] images (MTT)" if stats else "the given images"),
           "seed": int(config.seed), "num_params": num_params, "layout": layout,
           "num_experts": int(config.num_experts), "experts_per_shard": int(config.experts_per_shard),
+          "vmap_experts": bool(vmapped),
           "shards": shards, "test_accuracy_mean": all_acc.mean(0).tolist(),
           "test_accuracy_std": all_acc.std(0).tolist(), "seconds": time.perf_counter() - start,
           **dict(extra_metadata or {})}
@@ -367,6 +396,7 @@ def read_metadata(buffer_dir: str) -> Dict[str, Any]:
   if meta.get("version") != BUFFER_VERSION:
     raise ValueError(f"{path!r} has buffer version {meta.get('version')!r}; this jaxdistill reads version "
                      f"{BUFFER_VERSION}. Re-create the buffer.")
+  meta.setdefault("sam_rho", 0.0)  # written before flat (SAM) experts existed: plain SGD
   return meta
 
 

@@ -57,6 +57,12 @@ class LoopConfig:
     param_lrs: optional ``{name: lr}`` for top-level entries of the synthetic ``params`` that need their own
       learning rate (e.g. MTT's learnable student lr ``{"lr": 1e-5}``); they get the same optimiser kind and
       momentum as the images. None / empty: one learning rate ``lr_img`` for everything.
+    ema_decay: optional ``d`` in [0, 1): keep an exponential moving average of the synthetic ``params``
+      (FTD, Du et al. CVPR 2023: ``distill/distill_FTD.py``, ``ModelEmaV2`` of ``distill/model_ema.py``; 0.999
+      by default there, 0.9995 in ``run_distill.sh``), started at the initial params and updated after every
+      image update (after ``project``): ``ema ← d · ema + (1 − d) · params`` (no bias correction, as FTD).
+      Evaluation during the run uses the EMA; it is checkpointed with the state (:attr:`LoopState.ema`) and
+      returned as :attr:`DistillResult.ema`. None (default): no EMA, the loop as without the option.
   """
   iterations: int = 1000
   real_per_class: int = 256
@@ -68,6 +74,7 @@ class LoopConfig:
   eval_every: int = 0
   checkpoint_every: int = 0
   param_lrs: Optional[Mapping[str, float]] = None
+  ema_decay: Optional[float] = None
 
   def validate(self):
     check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -80,6 +87,8 @@ class LoopConfig:
     for name, lr in dict(self.param_lrs or {}).items():
       if not isinstance(name, str) or not (is_number(lr) and lr > 0):
         raise ValueError(f"param_lrs must map parameter names to numbers > 0, got {name!r}: {lr!r}.")
+    if self.ema_decay is not None:
+      check_in_range("ema_decay", self.ema_decay, 0, 1, hi_closed=False, note="None = no EMA")
     return self
 
 
@@ -116,11 +125,24 @@ def make_optimizer(config: LoopConfig) -> optax.GradientTransformation:
 
 class LoopState(NamedTuple):
   """Everything that changes during distillation: the synthetic state, the image optimiser's state, the
-  objective's state and the iteration counter (int32 scalar)."""
+  objective's state, the iteration counter (int32 scalar) and, with ``LoopConfig.ema_decay``, the exponential
+  moving average of ``syn.params`` (same structure; None without it, adding no checkpoint arrays)."""
   syn: SynState
   opt_state: Any
   obj_state: Any
   step: jnp.ndarray
+  ema: Any = None
+
+
+def ema_update(ema, params, decay: float):
+  """One EMA step over matching pytrees: ``decay · ema + (1 − decay) · params`` (each leaf keeps its dtype)."""
+  return jax.tree_util.tree_map(lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype), ema, params)
+
+
+def ema_syn(state: LoopState) -> SynState:
+  """The synthetic state to evaluate and save: ``state.syn`` with the EMA params if the loop keeps an EMA,
+  else ``state.syn`` itself."""
+  return state.syn if state.ema is None else state.syn._replace(params=state.ema)
 
 
 class DistillResult(NamedTuple):
@@ -129,7 +151,9 @@ class DistillResult(NamedTuple):
   the iteration the run started from (> 0 after a resume), whether all ``config.iterations`` ran (False when
   a ``deadline`` stopped it; the checkpoint holds the state to resume from) and ``first_step_time``, the wall-clock
   time (``time.time()``) at which this call's first step had finished (compilation included; None if no step
-  ran) — start-up cost is ``first_step_time`` minus the process's start."""
+  ran) — start-up cost is ``first_step_time`` minus the process's start. ``ema``: with
+  ``LoopConfig.ema_decay``, the synthetic state holding the EMA params (:func:`ema_syn`; what was evaluated and
+  what to save, as FTD), else None."""
   state: LoopState
   losses: np.ndarray
   evals: List[Any]
@@ -137,6 +161,7 @@ class DistillResult(NamedTuple):
   start_iteration: int
   complete: bool = True
   first_step_time: Optional[float] = None
+  ema: Optional[SynState] = None
 
 
 def init_state(objective: Objective, syn: SynState, key, config: LoopConfig) -> LoopState:
@@ -144,7 +169,8 @@ def init_state(objective: Objective, syn: SynState, key, config: LoopConfig) -> 
   steps, which use ``fold_in(key, t)``)."""
   tx = make_optimizer(config.validate())
   obj_state = objective.init(jax.random.fold_in(jax.random.fold_in(key, 2 ** 31 - 1), 0))
-  return LoopState(syn, tx.init(syn.params), obj_state, jnp.zeros((), jnp.int32))
+  ema = None if config.ema_decay is None else jax.tree_util.tree_map(jnp.array, syn.params)  # a copy
+  return LoopState(syn, tx.init(syn.params), obj_state, jnp.zeros((), jnp.int32), ema)
 
 
 def make_step(objective: Objective, param: Parameterisation, config: LoopConfig, index, num_classes: int,
@@ -188,7 +214,8 @@ def make_step(objective: Objective, param: Parameterisation, config: LoopConfig,
     if objective.update is not None and objective.host_update is None:
       extra = (data,) if with_data else ()
       obj_state = objective.update(obj_state, render(syn), k_upd, *extra)
-    return LoopState(syn, opt_state, obj_state, state.step + 1), loss, aux
+    ema = None if config.ema_decay is None else ema_update(state.ema, syn.params, float(config.ema_decay))
+    return LoopState(syn, opt_state, obj_state, state.step + 1, ema), loss, aux
 
   jitted = jax.jit(step)
   data = objective.data
@@ -531,7 +558,7 @@ def distill(objective: Objective, param: Parameterisation, syn: SynState, real_i
       bar.update(1)
       if config.eval_every and evaluator is not None and done % config.eval_every == 0:
         flush()
-        result = evaluator(param.render(state.syn), jax.random.fold_in(eval_key, done))
+        result = evaluator(param.render(ema_syn(state)), jax.random.fold_in(eval_key, done))
         evals.append((done, result))
         bar.write(f"iteration {done}: {result}")
         restart_clock()
@@ -550,4 +577,5 @@ def distill(objective: Objective, param: Parameterisation, syn: SynState, real_i
   ran = len(losses) - start
   # No step timed yet (a run of one iteration): the whole call per iteration, compilation included.
   spi = timed_seconds / timed if timed else ((time.perf_counter() - t_begin) / ran if ran > 0 else float("nan"))
-  return DistillResult(state, np.asarray(losses, np.float64), evals, spi, start, complete, first_step_time)
+  return DistillResult(state, np.asarray(losses, np.float64), evals, spi, start, complete, first_step_time,
+                       None if state.ema is None else ema_syn(state))

@@ -101,9 +101,64 @@ def init_state(model, key, image_shape, tx: optax.GradientTransformation) -> Tra
   return TrainState(variables, tx.init(variables["params"]), jnp.zeros((), jnp.int32))
 
 
+class SAM(NamedTuple):
+  """Sharpness-aware minimisation settings of a training step (:func:`sam_gradient`).
+
+  Attributes:
+    rho: ρ > 0, the radius of the weight perturbation.
+    alpha: GSAM's α (Zhuang et al., ICLR 2022): the share of the first gradient's component orthogonal to the
+      perturbed gradient that is subtracted (0 = plain SAM).
+    adaptive: ASAM's element-wise scaling (Kwon et al., ICML 2021): perturbation ``ρ |θ|² ⊙ g / ‖|θ| ⊙ g‖``.
+    eps: added to the norms in the denominators (1e-12 as the GSAM code).
+
+  FTD's expert training (``buffer/buffer_FTD.py`` of AngusDujw/FTD-distillation) uses GSAM with ``alpha=0.4``
+  and ``adaptive=True`` (its argparse defaults) and ``rho=0.01`` (``buffer/run_buffer.sh``).
+  """
+  rho: float
+  alpha: float = 0.0
+  adaptive: bool = False
+  eps: float = 1e-12
+
+
+def _tree_dot(a, b):
+  return sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+def sam_gradient(loss_fn, params, sam: SAM):
+  """The (G/A)SAM update direction of ``loss_fn(params) -> (scalar, aux)`` at ``params`` (a pytree).
+
+  With ``g = ∇L(θ)`` and ``n = ‖g‖`` (``‖|θ| ⊙ g‖`` when adaptive; norms over the whole pytree):
+
+      ε = ρ g / (n + eps)              (adaptive: ε = ρ |θ|² ⊙ g / (n + eps))
+      g_p = ∇L(θ + ε)
+      v = g − cos(g, g_p) ‖g‖ g_p / (‖g_p‖ + eps),   cos = ⟨g, g_p⟩ / (‖g‖ ‖g_p‖ + eps)
+      d = g_p − α v
+
+  (plain SAM: ``α = 0``, ``d = g_p``). ``ε`` is a constant of the second gradient (no gradient through it).
+
+  Returns:
+    ``((L(θ), aux at θ), d)``: the value and auxiliary outputs of the first, unperturbed pass.
+  """
+  (value, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  tmap = jax.tree_util.tree_map
+  scaled = tmap(lambda gi, p: jnp.abs(p) * gi, g, params) if sam.adaptive else g
+  norm = jnp.sqrt(_tree_dot(scaled, scaled))
+  scale = sam.rho / (norm + sam.eps)
+  eps_w = tmap(lambda gi, p: scale * gi * (jnp.square(p) if sam.adaptive else 1.0), g, params)
+  eps_w = jax.lax.stop_gradient(eps_w)
+  g_p = jax.grad(lambda p: loss_fn(p)[0])(tmap(jnp.add, params, eps_w))
+  if not sam.alpha:
+    return (value, aux), g_p
+  g_norm = jnp.sqrt(_tree_dot(g, g))
+  gp_norm = jnp.sqrt(_tree_dot(g_p, g_p))
+  cosine = _tree_dot(g, g_p) / (g_norm * gp_norm + sam.eps)
+  coef = cosine * g_norm / (gp_norm + sam.eps)
+  return (value, aux), tmap(lambda a, b: b - sam.alpha * (a - coef * b), g, g_p)
+
+
 def train_step(model, tx, state: TrainState, images, labels, key, weights=None,
                dsa: Optional[DSAParams] = None, op_index=None, learning_rate=None,
-               return_logits: bool = False, loss: str = "cross_entropy"):
+               return_logits: bool = False, loss: str = "cross_entropy", sam: Optional[SAM] = None):
   """One SGD step on a batch ``images [B, H, W, C]``, ``labels [B]`` or ``[B, C]``.
 
   Args:
@@ -115,6 +170,9 @@ def train_step(model, tx, state: TrainState, images, labels, key, weights=None,
     learning_rate: if given, overrides the optimiser's learning rate for this step.
     return_logits: also return the logits ``[B, C]`` computed before the update.
     loss: ``"cross_entropy"`` (int or soft labels) or ``"mse"`` (regression targets ``[B, C]``).
+    sam: optional :class:`SAM`: the optimiser steps along :func:`sam_gradient` (two forward/backward passes
+      on the same augmented batch; ``batch_stats`` and logits from the first) instead of ``∇L(θ)``. None (the
+      default): the plain step.
 
   Returns:
     ``(new_state, loss)``, or ``(new_state, loss, logits)`` with ``return_logits``.
@@ -129,7 +187,10 @@ def train_step(model, tx, state: TrainState, images, labels, key, weights=None,
     logits, new_vars = models.apply(model, {**state.variables, "params": params}, images, train=True)
     return classification_loss(logits, labels, weights, loss), (new_vars, logits)
 
-  (value, (new_vars, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.variables["params"])
+  if sam is None:
+    (value, (new_vars, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.variables["params"])
+  else:
+    (value, (new_vars, logits)), grads = sam_gradient(loss_fn, state.variables["params"], sam)
   opt_state = state.opt_state
   if learning_rate is not None:  # a new state, not an in-place edit of the caller's (eager mode would see it)
     opt_state = opt_state._replace(
@@ -183,7 +244,7 @@ def batch_step(model, tx, state: TrainState, images, labels, batches: EpochBatch
 
   ``key`` is the epoch's key, the one :func:`epoch_batches` permuted with: the step draws its augmentation from
   ``fold_in(key, s + 1)``. ``step_kwargs`` go to :func:`train_step` (``dsa``, ``op_index``,
-  ``learning_rate``, ``loss``, ``return_logits``). The one minibatch step of every training loop: evaluation,
+  ``learning_rate``, ``loss``, ``return_logits``, ``sam``). The one minibatch step of every training loop: evaluation,
   expert training, DC's inner network training and the forgetting-score network.
   """
   idx = batches.order[s]

@@ -18,13 +18,14 @@ from experiments import buffers, common, distill, names
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Every module of experiments/ with a build_parser() (the CLIs); a new CLI fails test_every_cli_is_listed.
-CLI_MODULES = ("buffers", "continual", "coreset", "distill", "evaluate", "full", "main", "nas", "train_generator")
+CLI_MODULES = ("buffers", "continual", "coreset", "distill", "evaluate", "full", "main", "nas", "notebooks",
+               "train_generator")
 
 
 def _expected_choices():
   """``{(module, dest): the library constant}`` for every flag with ``choices``."""
   from jaxdistill import coreset, generators, models, objectives, presets, synthetic
-  from jaxdistill.synthetic import glad, haba
+  from jaxdistill.synthetic import glad, haba, itgan
 
   arch = tuple(models.ARCHITECTURES)
   common_flags = {"eval_arch": arch}
@@ -33,17 +34,21 @@ def _expected_choices():
       "continual": dict(common_flags),
       "coreset": {**common_flags, "method": tuple(coreset.METHODS)},
       "distill": {**common_flags, "init": tuple(synthetic.INITS), "preset": tuple(presets.names()),
-                  # every registered objective and every generator parameterisation (jaxdistill.synthetic)
-                  "method": tuple(sorted(set(objectives.METHODS) | set(synthetic.FACTORIES))),
+                  # every registered objective, every generator parameterisation (jaxdistill.synthetic) and every
+                  # method of the registry (jaxdistill.methods: itgan, kfs)
+                  "method": tuple(sorted(set(objectives.METHODS) | set(synthetic.FACTORIES)
+                                         | set(importlib.import_module("jaxdistill.methods").names()))),
                   "objective": tuple(sorted(objectives.METHODS)), "gen_arch": tuple(generators.ARCHS),
                   "glad_space": tuple(glad.SPACES), "glad_init": tuple(glad.INITS),
                   "haba_pairs": tuple(haba.PAIRS),
+                  "itgan_init": tuple(itgan.INITS),  # --method itgan (jaxdistill.methods)
                   # the loop checkpoint's two writers (jaxdistill.loop.save_checkpoint: .npz or orbax folder)
                   "checkpoint_format": ("npz", "orbax")},
       "evaluate": dict(common_flags),
       "full": {},
       "main": {},
       "nas": dict(common_flags),
+      "notebooks": {},
       "train_generator": {"gen_arch": tuple(generators.ARCHS)},
   }
 
@@ -91,7 +96,8 @@ def test_list_flags_and_defaults_are_library_names():
 def test_device_flags_come_from_common(module):
   """The device flags are experiments.common.add_device_args' own, in every CLI that shards work."""
   reference = _dests(common.add_device_args(argparse.ArgumentParser())) - {"help"}
-  assert reference == {"devices", "distributed", "coordinator_address", "num_processes", "process_id"}
+  assert reference == {"devices", "distributed", "coordinator_address", "num_processes", "process_id",
+                       "compile_cache"}
   parser = importlib.import_module(f"experiments.{module}").build_parser()
   assert reference <= _dests(parser)
 

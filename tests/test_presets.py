@@ -14,7 +14,8 @@ from jaxdistill import io, loop, objectives, presets
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = sorted(glob.glob(os.path.join(presets.PRESET_DIR, "*.json")))
 # The objectives the paper presets of the parameterisation methods are written for (their cpu presets: dm).
-PAPER_OBJECTIVES = {"glad": ("dm", "dc", "mtt"), "gendm": ("dm",), "latentdd": ("dm",), "haba": ("mtt",)}
+PAPER_OBJECTIVES = {"glad": ("dm", "dc", "mtt"), "gendm": ("dm",), "latentdd": ("dm",), "haba": ("mtt",),
+                    "itgan": ("dm",), "kfs": ("dm",)}
 
 
 def _cli_methods():

@@ -5,7 +5,7 @@ carry a ``batch_stats`` collection that :func:`apply` updates in train mode.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 import flax.linen as nn
 import jax
@@ -91,10 +91,29 @@ def apply(model: nn.Module, variables, x, train: bool = False, embed: bool = Fal
   return model.apply(variables, x, train=train, embed=embed), variables
 
 
+def layer_features(model: nn.Module, variables, x, train: bool = False) -> List[jnp.ndarray]:
+  """Per-layer features of a :class:`ConvNet` (``convnet`` / ``convnet_bn``) on ``x [N, H, W, C]``.
+
+  Returns ``depth + 1`` arrays: the output of every block after its activation and before its pooling,
+  ``[N, H_d, W_d, width]`` for blocks ``d = 1 … depth`` (28 px inputs are seen as 32 px: 32, 16, 8 for depth 3),
+  then the flattened embedding before the classifier, ``[N, D]`` (what ``apply(..., embed=True)`` gives). The
+  layers CAFE aligns (:mod:`jaxdistill.objectives.cafe`). In train mode batch norm uses the batch's statistics;
+  the updated running statistics are discarded.
+
+  Raises:
+    ValueError: ``model`` is not a ConvNet.
+  """
+  if not isinstance(model, ConvNet):
+    raise ValueError(f"layer_features needs a ConvNet (arch 'convnet' or 'convnet_bn'), got {type(model).__name__}.")
+  mutable = ["intermediates"] + (["batch_stats"] if train and "batch_stats" in variables else [])
+  embedding, state = model.apply(variables, x, train=train, embed=True, mutable=mutable)
+  return list(state["intermediates"]["block_features"]) + [embedding]
+
+
 def num_params(params) -> int:
   """Number of scalars in a pytree."""
   return int(sum(p.size for p in jax.tree_util.tree_leaves(params)))
 
 
 __all__ = ["ARCHITECTURES", "AlexNet", "ConvNet", "LeNet", "MLP", "ResNet18", "VGG", "apply",
-           "default_depth", "get_model", "init_variables", "num_params"]
+           "default_depth", "get_model", "init_variables", "layer_features", "num_params"]

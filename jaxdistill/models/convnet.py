@@ -13,6 +13,8 @@ class ConvNet(nn.Module):
   A 1-channel first layer pads by 3 so 28×28 inputs are seen as 32×32 (as in the reference code).
   ``__call__(x [N, H, W, C], train) -> logits [N, num_classes]``; with ``embed=True`` it returns the flattened
   features before the classifier, ``[N, width · (32 / 2^depth)^2]`` for 28–32 px inputs (2048 for depth 3).
+  Each block's output after its activation (before pooling) is sown into the ``intermediates`` collection as
+  ``"block_features"`` (stored only when that collection is mutable; :func:`jaxdistill.models.layer_features`).
   """
   num_classes: int
   width: int = 128
@@ -29,6 +31,7 @@ class ConvNet(nn.Module):
       x = conv(x, self.width, 3, padding=padding, init=self.init_scheme)
       x = norm(x, self.norm, train)
       x = activation(x, self.activation)
+      self.sow("intermediates", "block_features", x)
       x = pool(x, self.pooling)
     x = x.reshape(x.shape[0], -1)
     if embed:

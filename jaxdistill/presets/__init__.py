@@ -44,6 +44,8 @@ PARAMETERISATION_OPTIONS: Dict[str, Tuple[str, ...]] = {
     "gendm": ("gen_widths", "gen_z_dim", "gen_w_dim", "gen_embed_dim", "gen_train_per_class",
               "gen_samples_per_class"),
     "haba": ("haba_bases", "lr_hallucinators"),
+    "itgan": (),
+    "kfs": ("kfs_codes", "lr_decoders"),
 }
 _ENTRY_KEYS = {"dataset", "ipc", "objective", "methods", "options"}
 _RANGE = re.compile(r"^(\d+)-(\d*)$")

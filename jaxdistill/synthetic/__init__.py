@@ -14,6 +14,11 @@ from jaxdistill.synthetic.generator import (GenDMConfig, check_budget, gendm_par
                                             init_latentdd, latentdd_parameterisation, storage_budget)
 from jaxdistill.synthetic.haba import (ContentExtractor, HaBaConfig, contrastive_regulariser, draw_pairs,
                                        haba_parameterisation, init_haba, supcon_loss, train_images_per_class)
+from jaxdistill.synthetic.multi_formation import (MultiFormationConfig, init_multi_formation,
+                                                  multi_formation_parameterisation)
+from jaxdistill.synthetic.multi_formation import decode as decode_multi_formation
+from jaxdistill.synthetic.kfs import KFSConfig, init_kfs, kfs_parameterisation
+from jaxdistill.synthetic.gtn import GTNConfig, gtn_parameterisation, init_gtn
 
 PARAMETERISATIONS = {"pixels": PIXELS, "labels_only": LABELS_ONLY, "labels_only_raw": LABELS_ONLY_RAW}
 # Parameterisations built from a configuration (a generator, a factorisation): name -> factory returning a
@@ -35,4 +40,6 @@ __all__ = ["INITS", "LABEL_INITS", "LABEL_PROJECTIONS", "LABELS_ONLY", "LABELS_O
            "storage_pixels", "FACTORIES", "GLaDConfig", "GenDMConfig", "HaBaConfig", "check_budget", "decoupled_grad",
            "gendm_parameterisation", "glad_parameterisation", "haba_parameterisation", "init_gendm", "init_glad",
            "init_haba", "init_latentdd", "latentdd_parameterisation", "storage_budget", "ContentExtractor",
-           "contrastive_regulariser", "draw_pairs", "supcon_loss", "train_images_per_class"]
+           "contrastive_regulariser", "draw_pairs", "supcon_loss", "train_images_per_class",
+           "MultiFormationConfig", "decode_multi_formation", "init_multi_formation", "multi_formation_parameterisation",
+           "KFSConfig", "init_kfs", "kfs_parameterisation", "GTNConfig", "gtn_parameterisation", "init_gtn"]

@@ -152,6 +152,25 @@ def select_views(views, index):
   return views[jnp.arange(views.shape[0])[:, None], index]
 
 
+def views_batch(out, key, items_per_class: int, num_classes: int, image_shape, lr=None) -> SyntheticBatch:
+  """A factorised set's batch from every view of every stored item (shared by HaBa and KFS).
+
+  Args:
+    out: ``[C·K, V, *image_shape]``, view ``v`` of item ``i`` (items class-major, ``K = items_per_class``).
+    key: None: every view (``[C·K·V, ...]``, image ``i·V + v``); a key: two distinct random views per item
+      (:func:`draw_pairs`), ``[C·K·2, ...]`` with image ``i·2 + u`` = view ``j_u`` of item ``i``.
+    lr: the learned lr carried along (or None).
+
+  Returns:
+    ``SyntheticBatch(images, labels int32 class-major, lr)``.
+  """
+  if key is not None:
+    out = select_views(out, draw_pairs(key, out.shape[0], out.shape[1]))  # [C·K, 2, ...]
+  images = out.reshape((-1,) + tuple(image_shape))
+  labels = jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), items_per_class * out.shape[1])
+  return SyntheticBatch(images, labels, lr)
+
+
 def haba_parameterisation(config: HaBaConfig, num_classes: int, image_shape, name: str = "haba") -> Parameterisation:
   """HaBa's ``Parameterisation``.
 
@@ -180,13 +199,8 @@ def haba_parameterisation(config: HaBaConfig, num_classes: int, image_shape, nam
     return out
 
   def render(state: SynState, key=None) -> SyntheticBatch:
-    out = outputs(state)
-    if key is not None and sampled:
-      out = select_views(out, draw_pairs(key, out.shape[0], n_h))  # [C·B_c, 2, ...]
-    per = config.bases_per_class * out.shape[1]
-    images = out.reshape((-1,) + image_shape)
-    labels = jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), per)
-    return SyntheticBatch(images, labels, state.params.get("lr"))
+    return views_batch(outputs(state), key if sampled else None, config.bases_per_class, num_classes,
+                       image_shape, state.params.get("lr"))
 
   def storage(state: SynState) -> int:
     return num_floats(state.params)

@@ -12,7 +12,7 @@ import numpy as np
 from jaxdistill.data.sampling import check_ipc, class_index, sample_balanced
 from jaxdistill.synthetic.base import Parameterisation, SynState, SyntheticBatch, num_floats
 
-INITS = ("real", "noise", "random", "herding", "kcenter", "forgetting")
+INITS = ("real", "noise", "random", "herding", "kcenter", "forgetting", "entropy", "kmeans")
 
 
 def class_major_labels(num_classes: int, ipc: int) -> jnp.ndarray:
@@ -29,7 +29,7 @@ def init_pixels(key, init: str, real_images, real_labels, num_classes: int, ipc:
     key: PRNG key.
     init: ``"real"`` / ``"random"`` (random real images of each class, the DSA/DM init), ``"noise"``
       (``N(0, noise_std²)`` in normalised space, the DC init), or a coreset method ``"herding"``,
-      ``"kcenter"``, ``"forgetting"`` (:func:`jaxdistill.coreset.select`).
+      ``"kcenter"``, ``"forgetting"``, ``"entropy"``, ``"kmeans"`` (:func:`jaxdistill.coreset.select`).
     real_images: ``[N, H, W, C]`` normalised training images; real_labels: int ``[N]``.
     learn_lr: if given, a learnable learning rate initialised to this value (MTT-style) is added to ``params``.
     learn_labels: if True, soft labels float32 ``[C·ipc, C]`` initialised to ``label_scale · one_hot`` are
