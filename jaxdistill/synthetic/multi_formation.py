@@ -61,9 +61,8 @@ def decode(images, factor: int, pad_value: float = 0.0):
   + j``: the crop ``[i·t_h, (i+1)·t_h) × [j·t_w, (j+1)·t_w)`` of the padded image (``t = ⌈size / factor⌉``)
   resized bilinearly to ``H × W``. Differentiable in ``images``; ``factor = 1`` returns them unchanged.
   """
+  check_ints({"factor": factor}, "factor")
   factor = int(factor)
-  if factor < 1:
-    raise ValueError(f"factor must be an integer >= 1, got {factor}.")
   if factor == 1:
     return images
   n, h, w, c = images.shape
