@@ -274,12 +274,19 @@ def class_distances(loss_fn, params, real, syn, *, metric: str = "ours", class_b
     ValueError: an unknown metric, or arrays / labels outside the layout above (a flat real batch is refused:
       group it with :func:`jaxdistill.objectives.group_by_class`).
   """
+  real_x, real_y, syn_x, syn_y = _checked_pair(real, syn, metric, layers)
+  return _class_distances(loss_fn, params, real_x, real_y, syn_x, syn_y, metric, class_batch, layers)
+
+
+def _checked_pair(real, syn, metric: str, layers: str):
+  """The checks shared by the pure entry points: ``(real_x, real_y, syn_x, syn_y)`` class-major
+  (``[C, n, ...]`` images with ``[C, n]`` / ``[C, n, K]`` labels), the metric and layer choice validated."""
   check_choice("metric", metric, METRICS)
   check_choice("layers", layers, LAYERS)
   real_x, real_y = _images_and_labels(real, "real")
   syn_x, syn_y = _images_and_labels(syn, "syn")
   check_class_major(real_x, syn_x)
-  return _class_distances(loss_fn, params, real_x, real_y, syn_x, syn_y, metric, class_batch, layers)
+  return real_x, real_y, syn_x, syn_y
 
 
 def _class_distances(loss_fn, params, real_x, real_y, syn_x, syn_y, metric: str, class_batch: int,
@@ -317,11 +324,7 @@ def collaborative_distance(loss_fn, params, real, syn, *, metric: str = "ours", 
   Raises:
     ValueError: as :func:`class_distances`.
   """
-  check_choice("metric", metric, METRICS)
-  check_choice("layers", layers, LAYERS)
-  real_x, real_y = _images_and_labels(real, "real")
-  syn_x, syn_y = _images_and_labels(syn, "syn")
-  check_class_major(real_x, syn_x)
+  real_x, real_y, syn_x, syn_y = _checked_pair(real, syn, metric, layers)
   return _collaborative_distance(loss_fn, params, real_x, real_y, syn_x, syn_y, metric, class_batch, layers)
 
 
